@@ -1,0 +1,117 @@
+"""The application factory: ``create_app(settings)`` wires resources, middlewares and routes.
+
+Resources live in ``cleanup_ctx`` contexts, entered in order and closed in reverse: the Redis
+client first, then the HTTP client session. State is stored under typed ``web.AppKey``s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway import __version__, keys
+from gateway.connections import RedisClient, RedisOptions, make_redis
+from gateway.logs import get_logger
+from gateway.settings import Settings
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
+HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+READY_TIMEOUT_S = 1.0
+
+log = get_logger("gateway.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (kept from a sane ``X-Request-ID``), bind it, log one line."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+async def redis_context(app: web.Application) -> AsyncIterator[None]:
+    """The shared Redis client, closed after everything that uses it."""
+    settings = app[SETTINGS]
+    if settings.redis_url is None:
+        raise RuntimeError("create_app needs settings.redis_url (start the embedded Redis first)")
+    client = make_redis(settings.redis_url, RedisOptions())
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def http_context(app: web.Application) -> AsyncIterator[None]:
+    """One client session for every outgoing request, with explicit time-outs and host limits."""
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(
+            total=keys.HTTP_TOTAL_TIMEOUT_S, sock_connect=keys.HTTP_CONNECT_TIMEOUT_S
+        ),
+        connector=aiohttp.TCPConnector(limit_per_host=keys.HTTP_CONNECTIONS_PER_HOST),
+        raise_for_status=False,
+    )
+    app[HTTP] = session
+    yield
+    await session.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Redis answers within a second."""
+    try:
+        await asyncio.wait_for(request.app[REDIS].ping(), READY_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return web.json_response(
+            {"status": "unavailable", "redis": type(exc).__name__}, status=503
+        )
+    return web.json_response({"status": "ready", "redis": "ok"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the gateway's web application for ``settings`` (``redis_url`` must be set)."""
+    app = web.Application(
+        middlewares=[request_context], client_max_size=keys.TRACK_BODY_MAX_BYTES
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(redis_context)
+    app.cleanup_ctx.append(http_context)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,234 @@
+"""The ``tt-gateway`` command line (also ``python -m gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+from aiohttp import web
+
+from gateway import __version__, keys
+from gateway.app import create_app
+from gateway.embedded import EmbeddedRedis, EmbeddedRedisError
+from gateway.logs import configure_logging, get_logger
+from gateway.settings import Settings, SettingsError
+
+log = get_logger("gateway.cli")
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+class NotYetAvailable(RuntimeError):
+    """A command whose feature is not built yet; it says which issue brings it."""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def _listen_options(parser: argparse.ArgumentParser, default_port: str = "TTGW_PORT") -> None:
+    parser.add_argument("--host", help="listen address (overrides TTGW_HOST)")
+    parser.add_argument("--port", type=_port, help=f"listen port (overrides {default_port})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command of the design, with its options."""
+    parser = argparse.ArgumentParser(
+        prog="tt-gateway",
+        description="First-party server-side tag gateway for the TikTok Events API.",
+        epilog="Configuration comes from TTGW_* environment variables; see the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"tt-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="web server and delivery worker in one process (embedded Redis without TTGW_REDIS_URL)",
+    )
+    _listen_options(run)
+    serve = commands.add_parser("serve", help="web server only (ingest, admin, dashboard)")
+    _listen_options(serve)
+    commands.add_parser("worker", help="delivery worker only: Redis queue -> TikTok Events API")
+
+    replay = commands.add_parser("replay", help="send dead letters (or a time range) again")
+    replay.add_argument("--event-id", action="append", default=[], help="replay this event id")
+    replay.add_argument("--since", help="start of a time range (ISO-8601 or Unix seconds)")
+    replay.add_argument("--until", help="end of a time range (ISO-8601 or Unix seconds)")
+    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+
+    commands.add_parser("doctor", help="check configuration, Redis, tokens and the deployment")
+    send_test = commands.add_parser(
+        "send-test", help="send one test event through the integration's test_event_code"
+    )
+    send_test.add_argument("--pixel", help="pixel code of the integration (default: the only one)")
+
+    emulator = commands.add_parser(
+        "emulator", help="run the local TikTok Events API emulator (for tests and trials)"
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
+    emulator.add_argument("--port", type=_port, default=9009, help="listen port (9009)")
+    emulator.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN[=PIXEL,...]",
+        help="an access token to accept, for any pixel or only the listed ones (repeatable; "
+        "default: one generated token for any pixel)",
+    )
+    emulator.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
+    emulator.add_argument("--qps-limit", type=int, help="answer 40100 above this many requests/s")
+    emulator.add_argument(
+        "--max-event-age-s", type=int, default=7 * 86400, help="reject older event_time values"
+    )
+    emulator.add_argument(
+        "--no-page-url", action="store_true", help="do not require page.url on web events"
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    changes: dict[str, object] = {}
+    if getattr(args, "host", None):
+        changes["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        changes["port"] = args.port
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+@contextlib.contextmanager
+def redis_for(settings: Settings) -> Iterator[Settings]:
+    """Yield settings with a Redis URL, starting the data dir's embedded Redis when none is set."""
+    if settings.redis_url is not None:
+        yield settings
+        return
+    embedded = EmbeddedRedis(settings.data_dir)
+    url = embedded.start()
+    source = embedded.source or "already running"
+    print(f"tt-gateway: embedded Redis ({source}) at {url}", flush=True)
+    try:
+        yield dataclasses.replace(settings, redis_url=url)
+    finally:
+        embedded.stop()
+
+
+def _banner(settings: Settings, port: int) -> None:
+    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    base = f"http://{host}:{port}"
+    lines = [
+        f"tt-gateway {__version__} listening on {base}",
+        f"  collector:   {base}/c.js",
+        f"  dashboard:   {base}/dashboard",
+        f"  admin token: {settings.admin_token}",
+        f"  write key:   {settings.write_key}  (Authorization: Bearer ... on POST /v1/track)",
+    ]
+    if settings.sandbox:
+        lines.append(
+            "  SANDBOX MODE: no pixel configured (TTGW_PIXEL_CODE, TTGW_ACCESS_TOKEN); events are "
+            "recorded by the built-in sandbox, not sent to TikTok"
+        )
+    else:
+        pixels = ", ".join(i.pixel_code for i in settings.integrations if i.enabled)
+        lines.append(f"  delivering to TikTok for pixel(s) {pixels} via {settings.tiktok_api_url}")
+    if settings.generated_secrets:
+        generated = ", ".join(settings.generated_secrets)
+        lines.append(f"  generated and kept in {settings.data_dir}: {generated}")
+    print("\n".join(lines), flush=True)
+
+
+async def _serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down in order: intake, handlers, resources."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(
+        create_app(settings), access_log=None, shutdown_timeout=keys.SHUTDOWN_GRACE_S
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+        await site.start()
+        server = site._server  # the bound port, when port 0 asked for any free one
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else settings.port
+        _banner(settings, port)
+        log.info("started", host=settings.host, port=port, sandbox=settings.sandbox)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _not_yet(command: str, issue: int, feature: str) -> NotYetAvailable:
+    return NotYetAvailable(
+        f"tt-gateway {command}: {feature} is not built yet (tracked in issue #{issue}); "
+        "nothing was done"
+    )
+
+
+def _run_emulator(args: argparse.Namespace) -> None:
+    from gateway.emulator import EmulatorConfig, parse_token_spec, run_emulator
+
+    tokens: dict[str, set[str] | None] = {}
+    for spec in args.token:
+        try:
+            token, pixels = parse_token_spec(spec)
+        except ValueError as exc:
+            raise SettingsError("--token", str(exc)) from None
+        tokens[token] = pixels
+    config = EmulatorConfig(
+        tokens=tokens,
+        latency_ms=args.latency_ms,
+        qps_limit=args.qps_limit,
+        max_event_age_s=args.max_event_age_s,
+        require_page_url=not args.no_page_url,
+    )
+    run_emulator(args.host, args.port, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tt-gateway``; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "emulator":
+            _run_emulator(args)
+            return 0
+        settings = _settings(args)
+        configure_logging(settings.log_level)
+        if args.command in ("run", "serve"):
+            with redis_for(settings) as ready:
+                asyncio.run(_serve(ready))
+            return 0
+        if args.command == "worker":
+            raise _not_yet("worker", 4, "the delivery worker")
+        if args.command == "replay":
+            raise _not_yet("replay", 4, "dead-letter replay")
+        if args.command == "send-test":
+            raise _not_yet("send-test", 4, "delivery to TikTok (needed to send a test event)")
+        raise _not_yet("doctor", 6, "the deployment self-check")
+    except SettingsError as exc:
+        print(f"tt-gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EmbeddedRedisError as exc:
+        print(f"tt-gateway: embedded Redis: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except NotYetAvailable as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130

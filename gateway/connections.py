@@ -1,0 +1,104 @@
+"""Redis clients from a URL: a single server, Sentinel, or Cluster.
+
+``TTGW_REDIS_URL`` accepts:
+
+* ``redis://[user:pass@]host:port/db``, ``rediss://…`` (TLS), ``unix:///path/redis.sock?db=0``;
+* ``redis+sentinel://[user:pass@]host:26379,host2:26379/<service>[/db]`` (``rediss+sentinel``
+  for TLS to the data nodes);
+* ``redis+cluster://[user:pass@]host:7000,host2:7001`` (``rediss+cluster`` for TLS).
+
+redis-py retries commands by default (up to 10 times with backoff); a Redis outage would then hold
+an ingest request for many seconds. The gateway passes explicit time-outs and a small retry budget
+instead, so ingest fails fast with 503 while workers simply try again on their next loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+
+from gateway import keys
+
+RedisClient: TypeAlias = Redis | RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    """Time-outs and retry budget of one client; ingest and workers use different ones."""
+
+    socket_timeout_s: float = keys.REDIS_SOCKET_TIMEOUT_S
+    connect_timeout_s: float = keys.REDIS_CONNECT_TIMEOUT_S
+    retries: int = 1
+    max_connections: int = 64
+
+
+def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """Split ``user:pass@h1:p1,h2:p2`` into credentials and a host list."""
+    userinfo, _, hostlist = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if userinfo:
+        user, sep, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if sep else None
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        host, port = item, default_port
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest.startswith(":"):
+                port = int(rest[1:])
+        elif item.count(":") == 1:
+            name, _, number = item.partition(":")
+            host, port = name, int(number)
+        hosts.append((host, port))
+    return username, password, hosts
+
+
+def make_redis(url: str, options: RedisOptions | None = None) -> RedisClient:
+    """Build an asyncio Redis client for ``url``; it connects lazily on the first command."""
+    opts = options or RedisOptions()
+    common = {
+        "socket_timeout": opts.socket_timeout_s,
+        "socket_connect_timeout": opts.connect_timeout_s,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), opts.retries),
+        "max_connections": opts.max_connections,
+    }
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme.endswith("+sentinel"):
+        username, password, hosts = _hosts(parts.netloc, 26379)
+        path = [p for p in parts.path.split("/") if p]
+        service = path[0]
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            hosts,
+            sentinel_kwargs={"username": username, "password": password},
+            username=username,
+            password=password,
+            db=db,
+            ssl=scheme.startswith("rediss"),
+            **common,
+        )
+        master: Redis = sentinel.master_for(service)
+        return master
+    if scheme.endswith("+cluster"):
+        username, password, hosts = _hosts(parts.netloc, 6379)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in hosts],
+            username=username,
+            password=password,
+            ssl=scheme.startswith("rediss"),
+            socket_timeout=opts.socket_timeout_s,
+            socket_connect_timeout=opts.connect_timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), opts.retries),
+            max_connections=opts.max_connections,
+        )
+    return Redis.from_url(url, **common)  # type: ignore[arg-type]

@@ -1,0 +1,142 @@
+"""Every Redis key and every tunable of the gateway, in one place, with units in the names.
+
+Keys touched together by one operation (one Lua script or MULTI/EXEC) share one hash tag, so the
+operation is legal on Redis Cluster:
+
+* ``{q}`` — the delivery queue: the event stream, its retry set, dead letters, the ingest
+  idempotency markers and delivery markers, receipts, the sandbox's record and queue counters.
+  Ingest ("seen" marker + XADD) and settlement (XACK + XDEL + receipt + "sent" marker, or
+  ZADD retry, or XADD dead) are single scripts over these keys.
+* ``{id}`` — identity: visitors (click, ``_ttp``, IP, user agent), and the links from hashed
+  email / phone / customer id to visitors. Stitching reads and writes these in one script.
+* ``{rl:<pixel>}`` — one rate limiter per pixel (its own tag: it is hot and touched alone).
+* ``{cfg}`` — integrations, their pause state and alerts.
+* ``{stats}`` — per-minute and per-hour counters for the dashboard.
+
+All keys start with :data:`PREFIX` so the gateway can share a Redis with other applications.
+"""
+
+from __future__ import annotations
+
+PREFIX = "ttgw"
+
+# --- the delivery queue: hash tag {q} -------------------------------------------------------
+QUEUE_TAG = "{q}"
+EVENTS_STREAM = f"{PREFIX}:{QUEUE_TAG}:events"
+DELIVERY_GROUP = "delivery"
+RETRY_ZSET = f"{PREFIX}:{QUEUE_TAG}:retry"
+DEAD_STREAM = f"{PREFIX}:{QUEUE_TAG}:dead"
+SANDBOX_STREAM = f"{PREFIX}:{QUEUE_TAG}:sandbox"
+COUNTERS_HASH = f"{PREFIX}:{QUEUE_TAG}:counters"
+
+
+def dedup_id(pixel_code: str, event: str, event_id: str) -> str:
+    """The identity TikTok deduplicates on: same pixel, same literal event name, same event_id."""
+    return f"{pixel_code}\x1f{event}\x1f{event_id}"
+
+
+def seen_key(pixel_code: str, event: str, event_id: str) -> str:
+    """Set at ingest for :data:`IDEMPOTENCY_TTL_S`: the same event is queued once."""
+    return f"{PREFIX}:{QUEUE_TAG}:seen:{dedup_id(pixel_code, event, event_id)}"
+
+
+def sent_key(pixel_code: str, event: str, event_id: str) -> str:
+    """Set when TikTok accepted the event: it is never sent again inside the dedup window."""
+    return f"{PREFIX}:{QUEUE_TAG}:sent:{dedup_id(pixel_code, event, event_id)}"
+
+
+def receipt_key(pixel_code: str, event: str, event_id: str) -> str:
+    """A hash with the event's delivery receipt, kept for :data:`RECEIPT_TTL_S`."""
+    return f"{PREFIX}:{QUEUE_TAG}:receipt:{dedup_id(pixel_code, event, event_id)}"
+
+
+RECEIPT_INDEX_ZSET = f"{PREFIX}:{QUEUE_TAG}:receipts"  # member: dedup id, score: received ms
+
+# --- identity: hash tag {id} ----------------------------------------------------------------
+IDENTITY_TAG = "{id}"
+
+
+def visitor_key(visitor_id: str) -> str:
+    """A hash with the visitor's click, ``_ttp``, landing page, IP and user agent."""
+    return f"{PREFIX}:{IDENTITY_TAG}:visitor:{visitor_id}"
+
+
+def link_key(kind: str, hashed_value: str) -> str:
+    """The visitor ids linked to one hashed email, phone or customer id (a sorted set by time)."""
+    return f"{PREFIX}:{IDENTITY_TAG}:link:{kind}:{hashed_value}"
+
+
+# --- rate limiting: one tag per pixel -------------------------------------------------------
+def ratelimit_key(pixel_code: str) -> str:
+    """The GCRA state (theoretical arrival time) of one pixel's limiter."""
+    return f"{PREFIX}:{{rl:{pixel_code}}}:gcra"
+
+
+def throttle_key(pixel_code: str) -> str:
+    """Present while TikTok throttles a pixel; holds the slow-down factor."""
+    return f"{PREFIX}:{{rl:{pixel_code}}}:throttled"
+
+
+# --- configuration: hash tag {cfg} -----------------------------------------------------------
+CONFIG_TAG = "{cfg}"
+INTEGRATIONS_HASH = f"{PREFIX}:{CONFIG_TAG}:integrations"  # field: pixel code, value: JSON
+PAUSED_HASH = f"{PREFIX}:{CONFIG_TAG}:paused"  # field: pixel code, value: JSON reason
+ALERTS_STREAM = f"{PREFIX}:{CONFIG_TAG}:alerts"
+
+# --- statistics: hash tag {stats} -------------------------------------------------------------
+STATS_TAG = "{stats}"
+
+
+def minute_stats_key(minute: int) -> str:
+    """Counters of one minute (Unix minutes): accepted, delivered, retried, dead, ..."""
+    return f"{PREFIX}:{STATS_TAG}:m:{minute}"
+
+
+def coverage_key(hour: int) -> str:
+    """Match-key coverage counters of one hour (Unix hours), field ``<event>|<key>``."""
+    return f"{PREFIX}:{STATS_TAG}:cov:{hour}"
+
+
+# --- tunables ---------------------------------------------------------------------------------
+# Time windows
+IDEMPOTENCY_TTL_S = 48 * 3600  # TikTok's Events API dedup window
+CLICK_TTL_S = 28 * 86400  # the longest click-through attribution window TikTok offers
+VISITOR_TTL_S = 400 * 86400  # as long as the cookies that name the visitor can live
+COOKIE_MAX_AGE_S = 399 * 86400  # browsers cap cookie lifetime at 400 days
+RECEIPT_TTL_S = 7 * 86400
+MINUTE_STATS_TTL_S = 2 * 86400
+COVERAGE_TTL_S = 8 * 86400
+DEAD_LETTER_HORIZON_S = 24 * 3600  # give up well before TikTok's 48 h dedup window closes
+EVENT_MAX_AGE_S = 7 * 86400  # older events are not worth sending (see the reference, §3)
+EVENT_MAX_FUTURE_S = 300  # later timestamps are clamped to now
+
+# Request bodies
+COLLECT_BODY_MAX_BYTES = 64 * 1024  # POST /e
+TRACK_BODY_MAX_BYTES = 1024 * 1024  # POST /v1/track
+BATCH_MAX_EVENTS = 1000  # per ingest request and per TikTok request
+
+# Delivery
+DELIVERY_REQUEST_MAX_BYTES = 900 * 1024  # keep each Events API request under ~1 MB
+DELIVERY_READ_COUNT = 1000
+DELIVERY_BLOCK_MS = 1000
+DELIVERY_CONCURRENCY = 8  # requests in flight per worker
+HTTP_CONNECT_TIMEOUT_S = 5.0
+HTTP_TOTAL_TIMEOUT_S = 15.0
+HTTP_CONNECTIONS_PER_HOST = 16
+RETRY_BASE_S = 1.0
+RETRY_CAP_S = 300.0
+RECLAIM_MIN_IDLE_MS = 60_000  # above the longest possible send (HTTP_TOTAL_TIMEOUT_S x 2 + margin)
+RECLAIM_INTERVAL_S = 15.0
+RETRY_POLL_INTERVAL_S = 0.5
+PAUSED_PROBE_INTERVAL_S = 60.0
+SHUTDOWN_GRACE_S = 10.0
+
+# Rate limiting (TikTok: 1,000 QPS per app on /event/track/)
+RATE_LIMIT_REQUESTS_PER_S = 50.0
+RATE_LIMIT_BURST = 20
+
+# Redis connections
+REDIS_SOCKET_TIMEOUT_S = 5.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
+EMBEDDED_REDIS_START_TIMEOUT_S = 15.0
+EMBEDDED_REDIS_STOP_TIMEOUT_S = 10.0

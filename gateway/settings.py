@@ -1,0 +1,431 @@
+"""Settings: one frozen, typed object built once from the environment.
+
+Nothing else in the package reads ``os.environ``. Every ``TTGW_*`` variable of the design is parsed
+and checked here; a bad value raises :class:`SettingsError` naming the variable, and the CLI turns
+that into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_TIKTOK_API_URL = "https://business-api.tiktok.com/open_api/v1.3/"
+DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128"
+SECRETS_FILE = "secrets.json"
+SANDBOX_PIXEL_CODE = "SANDBOX0000000000000"
+
+REDIS_SCHEMES = frozenset(
+    {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"}
+)
+CONSENT_CATEGORIES = frozenset({"ad_user_data", "ad_personalization", "ad_storage", "analytics_storage"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_TOKEN_MIN_CHARS = 16
+_SECRET_KEY_MIN_CHARS = 32
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; the message starts with the variable's name."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    """One TikTok pixel the gateway delivers to, with the access token that may write to it."""
+
+    name: str
+    pixel_code: str
+    access_token: str = field(repr=False)
+    test_event_code: str | None = None
+    hostnames: tuple[str, ...] = ()
+    default_phone_region: str | None = None
+    required_consent: tuple[str, ...] = ()
+    event_overrides: tuple[tuple[str, str], ...] = ()
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the gateway; build it with :meth:`from_env`."""
+
+    redis_url: str | None
+    data_dir: Path
+    host: str
+    port: int
+    integrations: tuple[Integration, ...]
+    tiktok_api_url: str
+    admin_token: str = field(repr=False)
+    write_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    cookie_domain: str | None
+    allowed_origins: tuple[str, ...]
+    trusted_proxies: tuple[IPNetwork, ...]
+    config_path: Path | None
+    log_level: str
+    generated_secrets: tuple[str, ...] = ()
+
+    @property
+    def sandbox(self) -> bool:
+        """True when no pixel is configured: events are recorded by the built-in sandbox, not sent."""
+        return not any(i.enabled for i in self.integrations)
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when the gateway must start its own Redis under ``data_dir``."""
+        return self.redis_url is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every ``TTGW_*`` variable; generate missing secrets once, in the data dir."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None:
+                return None
+            value = value.strip()
+            return value or None
+
+        data_dir = _data_dir(get("TTGW_DATA_DIR") or ".ttgw")
+        config_path = _config_path(get("TTGW_CONFIG"))
+        integrations = _integrations(
+            get("TTGW_PIXEL_CODE"), get("TTGW_ACCESS_TOKEN"), get("TTGW_TEST_EVENT_CODE"), config_path
+        )
+        given = {
+            "admin_token": _token("TTGW_ADMIN_TOKEN", get("TTGW_ADMIN_TOKEN"), _TOKEN_MIN_CHARS),
+            "write_key": _token("TTGW_WRITE_KEY", get("TTGW_WRITE_KEY"), _TOKEN_MIN_CHARS),
+            "secret_key": _token("TTGW_SECRET_KEY", get("TTGW_SECRET_KEY"), _SECRET_KEY_MIN_CHARS),
+        }
+        resolved, generated = _resolve_secrets(data_dir, given)
+        return cls(
+            redis_url=_redis_url(get("TTGW_REDIS_URL")),
+            data_dir=data_dir,
+            host=get("TTGW_HOST") or "127.0.0.1",
+            port=_port("TTGW_PORT", get("TTGW_PORT") or "8080"),
+            integrations=integrations,
+            tiktok_api_url=_api_url(get("TTGW_TIKTOK_API_URL") or DEFAULT_TIKTOK_API_URL),
+            admin_token=resolved["admin_token"],
+            write_key=resolved["write_key"],
+            secret_key=resolved["secret_key"],
+            cookie_domain=_cookie_domain(get("TTGW_COOKIE_DOMAIN")),
+            allowed_origins=_origins(get("TTGW_ALLOWED_ORIGINS")),
+            trusted_proxies=_networks(
+                "TTGW_TRUSTED_PROXIES", env.get("TTGW_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES)
+            ),
+            config_path=config_path,
+            log_level=_choice("TTGW_LOG_LEVEL", (get("TTGW_LOG_LEVEL") or "info").lower(), LOG_LEVELS),
+            generated_secrets=generated,
+        )
+
+
+def _data_dir(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError("TTGW_DATA_DIR", f"cannot create {str(path)!r}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK):
+        raise SettingsError("TTGW_DATA_DIR", f"{str(path)!r} is not writable")
+    return path.resolve()
+
+
+def _config_path(raw: str | None) -> Path | None:
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError("TTGW_CONFIG", f"no such file: {raw!r}")
+    return path.resolve()
+
+
+def _port(variable: str, raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise SettingsError(variable, f"must be an integer port number, got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(variable, f"must be between 0 and 65535, got {port}")
+    return port
+
+
+def _choice(variable: str, raw: str, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise SettingsError(variable, f"must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _token(variable: str, raw: str | None, min_chars: int) -> str | None:
+    if raw is None:
+        return None
+    if len(raw) < min_chars or any(c.isspace() for c in raw):
+        raise SettingsError(variable, f"must be at least {min_chars} characters without spaces")
+    return raw
+
+
+def _redis_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise SettingsError(
+            "TTGW_REDIS_URL",
+            f"scheme must be one of {', '.join(sorted(REDIS_SCHEMES))}, got {parts.scheme or raw!r}",
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise SettingsError("TTGW_REDIS_URL", "a unix:// URL needs a socket path")
+    elif not parts.netloc:
+        raise SettingsError("TTGW_REDIS_URL", "needs a host, e.g. redis://127.0.0.1:6379/0")
+    if parts.scheme.endswith("+sentinel") and not parts.path.strip("/"):
+        raise SettingsError("TTGW_REDIS_URL", "a sentinel URL needs the service name as its path")
+    return raw
+
+
+def _api_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError("TTGW_TIKTOK_API_URL", f"must be an absolute http(s) URL, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise SettingsError("TTGW_TIKTOK_API_URL", "must not carry a query or fragment")
+    return raw if raw.endswith("/") else raw + "/"
+
+
+def _hostname(variable: str, raw: str) -> str:
+    name = raw.strip().lower().lstrip(".")
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL_RE.match(label) for label in labels):
+        raise SettingsError(variable, f"not a valid host name: {raw!r}")
+    return name
+
+
+def _cookie_domain(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    name = _hostname("TTGW_COOKIE_DOMAIN", raw)
+    if "." not in name and name != "localhost":
+        raise SettingsError("TTGW_COOKIE_DOMAIN", f"must be a registrable domain, got {raw!r}")
+    return name
+
+
+def _origins(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    origins: list[str] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            raise SettingsError(
+                "TTGW_ALLOWED_ORIGINS", "'*' is not allowed: cookies need an exact origin list"
+            )
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise SettingsError(
+                "TTGW_ALLOWED_ORIGINS", f"each origin must look like https://shop.example, got {item!r}"
+            )
+        if parts.query or parts.fragment:
+            raise SettingsError("TTGW_ALLOWED_ORIGINS", f"an origin has no query: {item!r}")
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(dict.fromkeys(origins))
+
+
+def _networks(variable: str, raw: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(variable, f"not an IP address or CIDR: {item!r}") from None
+    return tuple(networks)
+
+
+def _pixel(variable: str, raw: str) -> str:
+    if not _PIXEL_RE.match(raw):
+        raise SettingsError(
+            variable, f"a TikTok pixel code is 10-40 upper-case letters and digits, got {raw!r}"
+        )
+    return raw
+
+
+def _region(variable: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    import phonenumbers  # imported here: 20 ms of start-up the other paths do not need
+
+    region = raw.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise SettingsError(variable, f"not a supported ISO 3166 region for phone numbers: {raw!r}")
+    return region
+
+
+def _integrations(
+    pixel: str | None, token: str | None, test_code: str | None, config_path: Path | None
+) -> tuple[Integration, ...]:
+    found: list[Integration] = []
+    if pixel is not None or token is not None:
+        if pixel is None:
+            raise SettingsError("TTGW_PIXEL_CODE", "is required when TTGW_ACCESS_TOKEN is set")
+        if token is None:
+            raise SettingsError("TTGW_ACCESS_TOKEN", "is required when TTGW_PIXEL_CODE is set")
+        found.append(
+            Integration(
+                name="default",
+                pixel_code=_pixel("TTGW_PIXEL_CODE", pixel),
+                access_token=token,
+                test_event_code=test_code,
+            )
+        )
+    elif test_code is not None:
+        raise SettingsError("TTGW_TEST_EVENT_CODE", "needs TTGW_PIXEL_CODE and TTGW_ACCESS_TOKEN")
+    if config_path is not None:
+        found.extend(_integrations_from_toml(config_path))
+    pixels = [i.pixel_code for i in found]
+    duplicated = sorted({p for p in pixels if pixels.count(p) > 1})
+    if duplicated:
+        raise SettingsError("TTGW_CONFIG", f"pixel configured twice: {', '.join(duplicated)}")
+    return tuple(found)
+
+
+def _integrations_from_toml(path: Path) -> list[Integration]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError("TTGW_CONFIG", f"cannot read {str(path)!r}: {exc}") from exc
+    unknown = set(document) - {"integrations"}
+    if unknown:
+        raise SettingsError("TTGW_CONFIG", f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    tables = document.get("integrations", [])
+    if not isinstance(tables, list):
+        raise SettingsError("TTGW_CONFIG", "integrations must be an array of tables [[integrations]]")
+    return [_integration_from_table(n, table) for n, table in enumerate(tables)]
+
+
+_TABLE_KEYS = frozenset(
+    {
+        "name", "pixel_code", "access_token", "test_event_code", "hostnames",
+        "default_phone_region", "required_consent", "event_overrides", "enabled",
+    }
+)  # fmt: skip
+
+
+def _integration_from_table(n: int, table: Any) -> Integration:
+    where = f"TTGW_CONFIG integrations[{n}]"
+    if not isinstance(table, dict):
+        raise SettingsError(where, "must be a table")
+    unknown = set(table) - _TABLE_KEYS
+    if unknown:
+        raise SettingsError(where, f"unknown keys: {', '.join(sorted(unknown))}")
+
+    def text(key: str, *, required: bool = False) -> str | None:
+        value = table.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise SettingsError(f"{where}.{key}", "must be a non-empty string")
+        return value.strip()
+
+    def texts(key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"{where}.{key}", "must be a list of strings")
+        return tuple(value)
+
+    pixel = _pixel(f"{where}.pixel_code", text("pixel_code", required=True) or "")
+    consent = texts("required_consent")
+    bad = [c for c in consent if c not in CONSENT_CATEGORIES]
+    if bad:
+        raise SettingsError(f"{where}.required_consent", f"unknown categories: {', '.join(bad)}")
+    overrides = table.get("event_overrides", {})
+    if not isinstance(overrides, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in overrides.items()
+    ):
+        raise SettingsError(f"{where}.event_overrides", "must be a table of name = name strings")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SettingsError(f"{where}.enabled", "must be true or false")
+    return Integration(
+        name=text("name") or pixel,
+        pixel_code=pixel,
+        access_token=text("access_token", required=True) or "",
+        test_event_code=text("test_event_code"),
+        hostnames=tuple(_hostname(f"{where}.hostnames", h) for h in texts("hostnames")),
+        default_phone_region=_region(f"{where}.default_phone_region", text("default_phone_region")),
+        required_consent=consent,
+        event_overrides=tuple(sorted(overrides.items())),
+        enabled=enabled,
+    )
+
+
+_SECRET_FACTORIES = {
+    "admin_token": lambda: "tta_" + secrets.token_urlsafe(32),
+    "write_key": lambda: "ttw_" + secrets.token_urlsafe(32),
+    "secret_key": lambda: secrets.token_hex(32),
+}
+
+
+def _resolve_secrets(
+    data_dir: Path, given: Mapping[str, str | None]
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Return every secret: the given ones, else those kept in the data dir, else new ones.
+
+    Generated secrets are written once (mode 0600) under an exclusive lock, so a web process and
+    a worker started together agree on the same values.
+    """
+    missing = [name for name, value in given.items() if value is None]
+    if not missing:
+        return {k: v for k, v in given.items() if v is not None}, ()
+    path = data_dir / SECRETS_FILE
+    try:
+        with open(data_dir / ".secrets.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = _read_secrets(path)
+            new = [name for name in missing if not isinstance(stored.get(name), str)]
+            for name in new:
+                stored[name] = _SECRET_FACTORIES[name]()
+            if new:
+                tmp = path.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(orjson.dumps(stored, option=orjson.OPT_INDENT_2))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise SettingsError("TTGW_DATA_DIR", f"cannot keep secrets in {str(path)!r}: {exc}") from exc
+    resolved = {name: value if value is not None else str(stored[name]) for name, value in given.items()}
+    return resolved, tuple(new)
+
+
+def _read_secrets(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        stored = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SettingsError("TTGW_DATA_DIR", f"{str(path)!r} is corrupt; fix or remove it") from None
+    if not isinstance(stored, dict):
+        raise SettingsError("TTGW_DATA_DIR", f"{str(path)!r} is corrupt; fix or remove it")
+    return stored
