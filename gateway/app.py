@@ -66,8 +66,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 async def redis_context(app: web.Application) -> AsyncIterator[None]:
     """The shared Redis client, closed after everything that uses it."""
     settings = app[SETTINGS]
-    if settings.redis_url is None:
-        raise RuntimeError("create_app needs settings.redis_url (start the embedded Redis first)")
+    assert settings.redis_url is not None  # checked by create_app
     client = make_redis(settings.redis_url, RedisOptions())
     app[REDIS] = client
     yield
@@ -98,17 +97,15 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(request.app[REDIS].ping(), READY_TIMEOUT_S)
     except (RedisError, OSError, TimeoutError) as exc:
-        return web.json_response(
-            {"status": "unavailable", "redis": type(exc).__name__}, status=503
-        )
+        return web.json_response({"status": "unavailable", "redis": type(exc).__name__}, status=503)
     return web.json_response({"status": "ready", "redis": "ok"})
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway's web application for ``settings`` (``redis_url`` must be set)."""
-    app = web.Application(
-        middlewares=[request_context], client_max_size=keys.TRACK_BODY_MAX_BYTES
-    )
+    if settings.redis_url is None:
+        raise ValueError("create_app needs settings.redis_url (start the embedded Redis first)")
+    app = web.Application(middlewares=[request_context], client_max_size=keys.TRACK_BODY_MAX_BYTES)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(redis_context)
     app.cleanup_ctx.append(http_context)

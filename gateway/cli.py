@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="web server and delivery worker in one process (embedded Redis without TTGW_REDIS_URL)",
+        help="web server and delivery worker in one process (embedded Redis by default)",
     )
     _listen_options(run)
     serve = commands.add_parser("serve", help="web server only (ingest, admin, dashboard)")
@@ -100,12 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
-    changes: dict[str, object] = {}
-    if getattr(args, "host", None):
-        changes["host"] = args.host
-    if getattr(args, "port", None) is not None:
-        changes["port"] = args.port
-    return dataclasses.replace(settings, **changes) if changes else settings
+    host: str | None = getattr(args, "host", None)
+    port: int | None = getattr(args, "port", None)
+    return dataclasses.replace(
+        settings,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+    )
 
 
 @contextlib.contextmanager

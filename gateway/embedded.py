@@ -112,6 +112,13 @@ class EmbeddedRedis:
                 f"another process holds {self.redis_dir} but its Redis does not answer"
             ) from None
         self._lock = lock
+        try:
+            return self._launch(sock, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self, sock: str, timeout_s: float) -> str:
         if _ping(sock):
             # A Redis left running by a gateway that was killed: use it, and stop it at exit.
             self.owned = True
@@ -141,7 +148,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - start-up only, no threads yet
+            preexec_fn=_die_with_parent,  # start-up only, before any thread exists
         )
         self.owned = True
         deadline = time.monotonic() + timeout_s
@@ -154,7 +161,6 @@ class EmbeddedRedis:
             if _ping(sock):
                 return self.url
             time.sleep(0.05)  # waiting on another process to load its AOF: nothing to await
-        self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer within {timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = keys.EMBEDDED_REDIS_STOP_TIMEOUT_S) -> None:

@@ -34,7 +34,9 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(file=out.buffer if hasattr(out, "buffer") else None),
+        logger_factory=structlog.BytesLoggerFactory(
+            file=out.buffer if hasattr(out, "buffer") else None
+        ),
         cache_logger_on_first_use=True,
     )
 

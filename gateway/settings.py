@@ -29,9 +29,19 @@ SECRETS_FILE = "secrets.json"
 SANDBOX_PIXEL_CODE = "SANDBOX0000000000000"
 
 REDIS_SCHEMES = frozenset(
-    {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"}
+    {
+        "redis",
+        "rediss",
+        "unix",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "redis+cluster",
+        "rediss+cluster",
+    }
 )
-CONSENT_CATEGORIES = frozenset({"ad_user_data", "ad_personalization", "ad_storage", "analytics_storage"})
+CONSENT_CATEGORIES = frozenset(
+    {"ad_user_data", "ad_personalization", "ad_storage", "analytics_storage"}
+)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
@@ -85,7 +95,7 @@ class Settings:
 
     @property
     def sandbox(self) -> bool:
-        """True when no pixel is configured: events are recorded by the built-in sandbox, not sent."""
+        """True when no pixel is configured: the built-in sandbox records events, none are sent."""
         return not any(i.enabled for i in self.integrations)
 
     @property
@@ -95,7 +105,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and check every ``TTGW_*`` variable; generate missing secrets once, in the data dir."""
+        """Check every ``TTGW_*`` variable; generate missing secrets once, in the data dir."""
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str | None:
@@ -108,7 +118,10 @@ class Settings:
         data_dir = _data_dir(get("TTGW_DATA_DIR") or ".ttgw")
         config_path = _config_path(get("TTGW_CONFIG"))
         integrations = _integrations(
-            get("TTGW_PIXEL_CODE"), get("TTGW_ACCESS_TOKEN"), get("TTGW_TEST_EVENT_CODE"), config_path
+            get("TTGW_PIXEL_CODE"),
+            get("TTGW_ACCESS_TOKEN"),
+            get("TTGW_TEST_EVENT_CODE"),
+            config_path,
         )
         given = {
             "admin_token": _token("TTGW_ADMIN_TOKEN", get("TTGW_ADMIN_TOKEN"), _TOKEN_MIN_CHARS),
@@ -132,7 +145,9 @@ class Settings:
                 "TTGW_TRUSTED_PROXIES", env.get("TTGW_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES)
             ),
             config_path=config_path,
-            log_level=_choice("TTGW_LOG_LEVEL", (get("TTGW_LOG_LEVEL") or "info").lower(), LOG_LEVELS),
+            log_level=_choice(
+                "TTGW_LOG_LEVEL", (get("TTGW_LOG_LEVEL") or "info").lower(), LOG_LEVELS
+            ),
             generated_secrets=generated,
         )
 
@@ -142,7 +157,9 @@ def _data_dir(raw: str) -> Path:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise SettingsError("TTGW_DATA_DIR", f"cannot create {str(path)!r}: {exc.strerror}") from exc
+        raise SettingsError(
+            "TTGW_DATA_DIR", f"cannot create {str(path)!r}: {exc.strerror}"
+        ) from exc
     if not os.access(path, os.W_OK):
         raise SettingsError("TTGW_DATA_DIR", f"{str(path)!r} is not writable")
     return path.resolve()
@@ -188,7 +205,8 @@ def _redis_url(raw: str | None) -> str | None:
     if parts.scheme not in REDIS_SCHEMES:
         raise SettingsError(
             "TTGW_REDIS_URL",
-            f"scheme must be one of {', '.join(sorted(REDIS_SCHEMES))}, got {parts.scheme or raw!r}",
+            f"scheme must be one of {', '.join(sorted(REDIS_SCHEMES))}, "
+            f"got {parts.scheme or raw!r}",
         )
     if parts.scheme == "unix":
         if not parts.path:
@@ -238,9 +256,14 @@ def _origins(raw: str | None) -> tuple[str, ...]:
                 "TTGW_ALLOWED_ORIGINS", "'*' is not allowed: cookies need an exact origin list"
             )
         parts = urlsplit(item)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+        ):
             raise SettingsError(
-                "TTGW_ALLOWED_ORIGINS", f"each origin must look like https://shop.example, got {item!r}"
+                "TTGW_ALLOWED_ORIGINS",
+                f"each origin must look like https://shop.example, got {item!r}",
             )
         if parts.query or parts.fragment:
             raise SettingsError("TTGW_ALLOWED_ORIGINS", f"an origin has no query: {item!r}")
@@ -317,7 +340,9 @@ def _integrations_from_toml(path: Path) -> list[Integration]:
         raise SettingsError("TTGW_CONFIG", f"unknown top-level keys: {', '.join(sorted(unknown))}")
     tables = document.get("integrations", [])
     if not isinstance(tables, list):
-        raise SettingsError("TTGW_CONFIG", "integrations must be an array of tables [[integrations]]")
+        raise SettingsError(
+            "TTGW_CONFIG", "integrations must be an array of tables [[integrations]]"
+        )
     return [_integration_from_table(n, table) for n, table in enumerate(tables)]
 
 
@@ -412,8 +437,12 @@ def _resolve_secrets(
                     os.fsync(out.fileno())
                 os.replace(tmp, path)
     except OSError as exc:
-        raise SettingsError("TTGW_DATA_DIR", f"cannot keep secrets in {str(path)!r}: {exc}") from exc
-    resolved = {name: value if value is not None else str(stored[name]) for name, value in given.items()}
+        raise SettingsError(
+            "TTGW_DATA_DIR", f"cannot keep secrets in {str(path)!r}: {exc}"
+        ) from exc
+    resolved = {
+        name: value if value is not None else str(stored[name]) for name, value in given.items()
+    }
     return resolved, tuple(new)
 
 
@@ -425,7 +454,9 @@ def _read_secrets(path: Path) -> dict[str, Any]:
     try:
         stored = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise SettingsError("TTGW_DATA_DIR", f"{str(path)!r} is corrupt; fix or remove it") from None
+        raise SettingsError(
+            "TTGW_DATA_DIR", f"{str(path)!r} is corrupt; fix or remove it"
+        ) from None
     if not isinstance(stored, dict):
         raise SettingsError("TTGW_DATA_DIR", f"{str(path)!r} is corrupt; fix or remove it")
     return stored

