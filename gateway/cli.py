@@ -138,7 +138,7 @@ def _banner(settings: Settings, port: int) -> None:
     if settings.sandbox:
         lines.append(
             "  SANDBOX MODE: no pixel configured (TTGW_PIXEL_CODE, TTGW_ACCESS_TOKEN); events are "
-            "recorded by the built-in sandbox, not sent to TikTok"
+            "checked as TikTok would and recorded in Redis by the built-in sandbox, not sent to TikTok"
         )
     else:
         pixels = ", ".join(i.pixel_code for i in settings.integrations if i.enabled)
@@ -162,9 +162,7 @@ async def _serve(settings: Settings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
         await site.start()
-        server = site._server  # the bound port, when port 0 asked for any free one
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else settings.port
+        port: int = runner.addresses[0][1]  # the bound one, when port 0 asked for any free port
         _banner(settings, port)
         log.info("started", host=settings.host, port=port, sandbox=settings.sandbox)
         await stop.wait()

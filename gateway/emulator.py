@@ -26,7 +26,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
@@ -46,6 +45,7 @@ from gateway.tiktok_spec import (
     MSG_THROTTLED,
     TRACK_PATH,
     Rejected,
+    new_request_id,
     validate_body,
 )
 
@@ -304,12 +304,6 @@ class EmulatorState:
 # --- HTTP ---
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
-
-
-def new_request_id(now: float) -> str:
-    """A request id shaped like TikTok's: UTC timestamp digits then random upper-case hex."""
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d%H%M%S")
-    return stamp + secrets.token_hex(10).upper()
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,9 @@ COLLECT_BODY_MAX_BYTES = 64 * 1024  # POST /e
 TRACK_BODY_MAX_BYTES = 1024 * 1024  # POST /v1/track
 BATCH_MAX_EVENTS = 1000  # per ingest request and per TikTok request
 
+# Sandbox (no pixel configured): what would have been sent, newest kept
+SANDBOX_KEEP_EVENTS = 10_000
+
 # Delivery
 DELIVERY_REQUEST_MAX_BYTES = 900 * 1024  # keep each Events API request under ~1 MB
 DELIVERY_READ_COUNT = 1000

@@ -10,8 +10,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from yarl import URL
@@ -209,9 +211,12 @@ class Rejected(Exception):
 class Limits(Protocol):
     """The strictness knobs :func:`validate_body` reads (``EmulatorConfig`` has them)."""
 
-    max_event_age_s: int
-    max_future_skew_s: int
-    require_page_url: bool
+    @property
+    def max_event_age_s(self) -> int: ...
+    @property
+    def max_future_skew_s(self) -> int: ...
+    @property
+    def require_page_url(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -490,3 +495,9 @@ def validate_body(body: object, config: Limits, now: float) -> Rejection | None:
     except Rejected as exc:
         return exc.rejection
     return None
+
+
+def new_request_id(now: float) -> str:
+    """A request id shaped like TikTok's: UTC timestamp digits then random upper-case hex."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d%H%M%S")
+    return stamp + secrets.token_hex(10).upper()
