@@ -138,7 +138,8 @@ def _banner(settings: Settings, port: int) -> None:
     if settings.sandbox:
         lines.append(
             "  SANDBOX MODE: no pixel configured (TTGW_PIXEL_CODE, TTGW_ACCESS_TOKEN); events are "
-            "checked as TikTok would and recorded in Redis by the built-in sandbox, not sent to TikTok"
+            "checked as TikTok would and recorded in Redis by the built-in sandbox, "
+            "not sent to TikTok"
         )
     else:
         pixels = ", ".join(i.pixel_code for i in settings.integrations if i.enabled)

@@ -7,7 +7,7 @@ A missing system binary skips the tests that need it, except when ``TTGW_TEST_RE
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.embedded import find_redis_server
 from gateway.settings import Settings
-from tests.support import free_port, require_binary, wait_for_port
+from tests.support import REQUIRE_BINARIES, free_port, require_binary, wait_for_port
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +102,15 @@ def _reset_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """With TTGW_TEST_REQUIRE_BINARIES=1 (CI) a skip is a failure: nothing passes by skipping."""
+    report = yield
+    if REQUIRE_BINARIES and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and CI forbids skips: {report.longrepr}"
+    return report
