@@ -17,14 +17,18 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway import __version__, keys
-from gateway.connections import RedisClient, RedisOptions, make_redis
+from gateway import __version__, collect, keys, landing
+from gateway.appkeys import HTTP, INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, VISITORS
+from gateway.connections import RedisOptions, make_redis
+from gateway.cookies import CookieSigner
+from gateway.integrations import Integrations
 from gateway.logs import get_logger
+from gateway.queue import IngestQueue
 from gateway.settings import Settings
+from gateway.visitors import VisitorStore
 
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
-HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
+__all__ = ["HTTP", "REDIS", "SETTINGS", "create_app"]
+
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -69,6 +73,8 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     assert settings.redis_url is not None  # checked by create_app
     client = make_redis(settings.redis_url, RedisOptions())
     app[REDIS] = client
+    app[INGEST] = IngestQueue(client)
+    app[VISITORS] = VisitorStore(client)
     yield
     await client.aclose()
 
@@ -107,8 +113,12 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.redis_url (start the embedded Redis first)")
     app = web.Application(middlewares=[request_context], client_max_size=keys.TRACK_BODY_MAX_BYTES)
     app[SETTINGS] = settings
+    app[SIGNER] = CookieSigner(settings.secret_key)
+    app[INTEGRATIONS] = Integrations(settings)
     app.cleanup_ctx.append(redis_context)
     app.cleanup_ctx.append(http_context)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    collect.add_routes(app)
+    landing.add_routes(app)
     return app

@@ -14,8 +14,10 @@ instead, so ingest fails fast with 503 while workers simply try again on their n
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
@@ -23,6 +25,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError
 
 from gateway import keys
 
@@ -102,3 +105,48 @@ def make_redis(url: str, options: RedisOptions | None = None) -> RedisClient:
             max_connections=opts.max_connections,
         )
     return Redis.from_url(url, **common)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Lua:
+    """A Lua script run by its SHA-1, loaded on first use (and again after a SCRIPT FLUSH)."""
+
+    source: str
+
+    @property
+    def sha(self) -> str:
+        """The script's SHA-1, as EVALSHA names it."""
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+
+LuaCall = tuple[Lua, Sequence[str], Sequence[str | bytes | int | float]]
+
+
+async def eval_many(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
+    """Run many script calls in one round trip; their results in order.
+
+    Calls whose script the server does not know yet are loaded and run again; no call runs twice.
+    Any other error is raised after the round trip (calls before it have taken effect).
+    """
+    pending = list(range(len(calls)))
+    results: list[Any] = [None] * len(calls)
+    for _ in range(2):
+        pipe = redis.pipeline(transaction=False)
+        for i in pending:
+            script, script_keys, args = calls[i]
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        missing: list[int] = []
+        for i, reply in zip(pending, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                missing.append(i)
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                results[i] = reply
+        if not missing:
+            return results
+        for script in {calls[i][0] for i in missing}:
+            await redis.script_load(script.source)
+        pending = missing
+    raise NoScriptError("scripts could not be loaded")

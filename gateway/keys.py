@@ -101,7 +101,7 @@ def coverage_key(hour: int) -> str:
 # Time windows
 IDEMPOTENCY_TTL_S = 48 * 3600  # TikTok's Events API dedup window
 CLICK_TTL_S = 28 * 86400  # the longest click-through attribution window TikTok offers
-VISITOR_TTL_S = 400 * 86400  # as long as the cookies that name the visitor can live
+VISITOR_TTL_S = 30 * 86400  # a visitor's session data (IP, UA, click) after its last activity
 COOKIE_MAX_AGE_S = 399 * 86400  # browsers cap cookie lifetime at 400 days
 RECEIPT_TTL_S = 7 * 86400
 MINUTE_STATS_TTL_S = 2 * 86400

@@ -43,6 +43,7 @@ CONSENT_CATEGORIES = frozenset(
     {"ad_user_data", "ad_personalization", "ad_storage", "analytics_storage"}
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PURCHASE_EVENTS = ("Purchase", "CompletePayment", "PlaceAnOrder")
 
 _PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -91,6 +92,9 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...]
     config_path: Path | None
     log_level: str
+    purchase_event: str = "Purchase"
+    queue_max_events: int = 1_000_000
+    event_max_age_s: int = 7 * 86400
     generated_secrets: tuple[str, ...] = ()
 
     @property
@@ -148,6 +152,15 @@ class Settings:
             log_level=_choice(
                 "TTGW_LOG_LEVEL", (get("TTGW_LOG_LEVEL") or "info").lower(), LOG_LEVELS
             ),
+            purchase_event=_choice(
+                "TTGW_PURCHASE_EVENT", get("TTGW_PURCHASE_EVENT") or "Purchase", PURCHASE_EVENTS
+            ),
+            queue_max_events=_integer(
+                "TTGW_QUEUE_MAX_EVENTS", get("TTGW_QUEUE_MAX_EVENTS") or "1000000", 0, 10**9
+            ),
+            event_max_age_s=_integer(
+                "TTGW_EVENT_MAX_AGE_S", get("TTGW_EVENT_MAX_AGE_S") or "604800", 60, 28 * 86400
+            ),
             generated_secrets=generated,
         )
 
@@ -182,6 +195,16 @@ def _port(variable: str, raw: str) -> int:
     if not 0 <= port <= 65535:
         raise SettingsError(variable, f"must be between 0 and 65535, got {port}")
     return port
+
+
+def _integer(variable: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(variable, f"must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(variable, f"must be between {low} and {high}, got {value}")
+    return value
 
 
 def _choice(variable: str, raw: str, allowed: tuple[str, ...]) -> str:

@@ -90,10 +90,10 @@ RESERVED_EVENTS = frozenset(
         "ViewForm",
     }
 )
-_ACCEPTED_EVENTS = STANDARD_EVENTS | LEGACY_EVENTS | {PAGEVIEW}
+ACCEPTED_EVENTS = STANDARD_EVENTS | LEGACY_EVENTS | {PAGEVIEW}
 # Case-folded known names: "purchase" or "PageView" would silently miss dedup with the pixel.
-_KNOWN_FOLDED = {n.casefold(): n for n in _ACCEPTED_EVENTS | RESERVED_EVENTS}
-_CUSTOM_EVENT = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
+KNOWN_FOLDED = {n.casefold(): n for n in ACCEPTED_EVENTS | RESERVED_EVENTS}
+CUSTOM_EVENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
 
 SUPPORTED_CURRENCIES = frozenset(
     {  # reference §2.4, TikTok's supported list
@@ -396,14 +396,14 @@ _PROPERTY_FIELDS["contents"] = _contents
 
 def _check_event_name(value: object, path: str) -> None:
     name = _as_str(value, path)
-    if name in _ACCEPTED_EVENTS:
+    if name in ACCEPTED_EVENTS:
         return
     if name in RESERVED_EVENTS:
         raise _bad(path, f"{name!r} is a reserved event name and cannot be a custom event")
-    known = _KNOWN_FOLDED.get(name.casefold())
+    known = KNOWN_FOLDED.get(name.casefold())
     if known is not None:
         raise _bad(path, f"{name!r} differs only in case from {known!r}; names are case-sensitive")
-    if not _CUSTOM_EVENT.fullmatch(name):
+    if not CUSTOM_EVENT_RE.fullmatch(name):
         raise _bad(
             path,
             f"{name!r} is not a valid custom event name (at most 50 letters, "

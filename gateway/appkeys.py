@@ -1,0 +1,21 @@
+"""Typed keys of the application's state (``app[KEY]``), shared by the app and its handlers."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.connections import RedisClient
+from gateway.cookies import CookieSigner
+from gateway.integrations import Integrations
+from gateway.queue import IngestQueue
+from gateway.settings import Settings
+from gateway.visitors import VisitorStore
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
+HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
+SIGNER: web.AppKey[CookieSigner] = web.AppKey("signer", CookieSigner)
+INTEGRATIONS: web.AppKey[Integrations] = web.AppKey("integrations", Integrations)
+INGEST: web.AppKey[IngestQueue] = web.AppKey("ingest", IngestQueue)
+VISITORS: web.AppKey[VisitorStore] = web.AppKey("visitors", VisitorStore)

@@ -1,0 +1,100 @@
+"""The browser side of a request: who it is (cookies), where it is (IP, scheme), what it keeps.
+
+Shared by ``/e`` and ``/landing``. Incoming cookies are read tolerantly and verified; a missing,
+tampered or malformed one is replaced, never trusted and never an error. Outgoing cookies are set
+on every answer so their lifetime rolls forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.cookies import (
+    CLICK_COOKIE,
+    TTP_COOKIE,
+    VISITOR_COOKIE,
+    CookiePolicy,
+    CookieSigner,
+    mint_ttp,
+    parse_cookie_header,
+    read_ttp,
+    set_cookie_header,
+)
+from gateway.forwarded import client_ip, forwarded_proto
+from gateway.settings import Settings
+from gateway.visitors import Click
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserRequest:
+    """What one browser request tells about its visitor."""
+
+    visitor_id: str
+    new_visitor: bool
+    ttp: str
+    click: Click | None  # from the signed click cookie, when still inside the attribution window
+    ip: str | None
+    user_agent: str | None
+    scheme: str
+    host: str
+
+    @property
+    def origin(self) -> str:
+        """The gateway's own origin as the browser sees it."""
+        return f"{self.scheme}://{self.host}"
+
+
+def read_browser(
+    request: web.Request, settings: Settings, signer: CookieSigner, now_ms: int
+) -> BrowserRequest:
+    """Read the visitor's cookies, IP, user agent and scheme from ``request``."""
+    cookies = parse_cookie_header(request.headers.get("Cookie"))
+    visitor = signer.read_visitor(cookies.get(VISITOR_COOKIE))
+    click = None
+    stored = signer.read_click(cookies.get(CLICK_COOKIE))
+    if stored is not None and now_ms - stored[1] <= keys.CLICK_TTL_S * 1000:
+        click = Click(ttclid=stored[0], click_ms=stored[1])
+    trusted = settings.trusted_proxies
+    ua = request.headers.get("User-Agent", "").strip()[:1024] or None
+    return BrowserRequest(
+        visitor_id=visitor or signer.new_visitor_id(),
+        new_visitor=visitor is None,
+        ttp=read_ttp(cookies.get(TTP_COOKIE)) or mint_ttp(now_ms),
+        click=click,
+        ip=client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+        or None,
+        user_agent=ua,
+        scheme=forwarded_proto(
+            request.remote, request.scheme, request.headers.getall("X-Forwarded-Proto", []), trusted
+        ),
+        host=request.host,
+    )
+
+
+def cookie_policy(settings: Settings, browser: BrowserRequest) -> CookiePolicy:
+    """Domain only when the request's host is inside it (a browser would refuse it otherwise)."""
+    host = browser.host.rsplit(":", 1)[0].lower()
+    domain = settings.cookie_domain
+    if domain is not None and host != domain and not host.endswith("." + domain):
+        domain = None
+    return CookiePolicy(domain=domain, secure=browser.scheme == "https")
+
+
+def set_cookie_headers(
+    settings: Settings, signer: CookieSigner, browser: BrowserRequest, click: Click | None
+) -> list[str]:
+    """Every Set-Cookie header of an answer: visitor, ``_ttp`` and, when known, the click."""
+    policy = cookie_policy(settings, browser)
+    headers = [
+        set_cookie_header(VISITOR_COOKIE, signer.visitor_cookie(browser.visitor_id), policy,
+                          http_only=True),
+        # not HttpOnly: a pixel on the page reads and reuses the same browser id
+        set_cookie_header(TTP_COOKIE, browser.ttp, policy, http_only=False),
+    ]  # fmt: skip
+    if click is not None:
+        value = signer.click_cookie(click.ttclid, click.click_ms)
+        headers.append(set_cookie_header(CLICK_COOKIE, value, policy, http_only=True))
+    return headers

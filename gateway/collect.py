@@ -1,0 +1,316 @@
+"""Ingest routes: ``POST /e`` (the browser collector) and ``POST /v1/track`` (merchant backends).
+
+Both take the design's envelope — one event, or ``{"events": [...]}`` with up to 1000 — and answer
+202 with a status per accepted event (``queued``, ``duplicate``, ``suppressed`` or ``identified``)
+and an error per rejected index; good events are kept when others are bad. A body that is not JSON,
+too large (64 KiB for ``/e``, 1 MiB for ``/v1/track``) or of a content type we do not take is a
+4xx with ``{"error", "field"}``. 202 is sent only once every event is in the Redis stream; when
+Redis is unreachable, full (``noeviction`` out of memory) or the queue holds
+``TTGW_QUEUE_MAX_EVENTS``, the answer is 503 with ``Retry-After`` and nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway import keys
+from gateway.appkeys import INGEST, INTEGRATIONS, SETTINGS, SIGNER, VISITORS
+from gateway.browser import BrowserRequest, read_browser, set_cookie_headers
+from gateway.consent import decide
+from gateway.cors import allowed_origin, cors_headers, preflight
+from gateway.events import (
+    Envelope,
+    EventType,
+    FieldError,
+    derive_event_id,
+    parse_event,
+    split_batch,
+)
+from gateway.ingest import Origin, build_event, click_from_page, encode, hash_user
+from gateway.logs import get_logger
+from gateway.metrics import CLICKS_CAPTURED, EVENTS_INGESTED, EVENTS_REJECTED
+from gateway.queue import Outgoing, QueueFull
+from gateway.settings import Integration
+from gateway.visitors import Session, StitchRequest
+
+log = get_logger("gateway.collect")
+
+BROWSER_TYPES = ("application/json", "text/plain", "application/octet-stream", "")
+SERVER_TYPES = ("application/json",)
+RETRY_AFTER_S = "5"
+
+
+class Problem(Exception):
+    """A request-level refusal: status, message and the field to blame."""
+
+    def __init__(self, status: int, error: str, field: str | None, **extra: Any) -> None:
+        super().__init__(error)
+        self.status, self.error, self.field, self.extra = status, error, field, extra
+
+    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        """The JSON answer."""
+        body = {"error": self.error, "field": self.field, **self.extra}
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers=headers,
+        )
+
+
+@dataclass(slots=True)
+class Parsed:
+    """The events of a request: valid envelopes by index, errors by index."""
+
+    envelopes: list[tuple[int, Envelope]]
+    errors: list[dict[str, Any]]
+
+
+async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) -> Any:
+    """The request body as JSON, within ``limit`` bytes and of an accepted content type."""
+    if request.content_type not in types and not (
+        request.content_type == "application/octet-stream" and "" in types
+    ):
+        raise Problem(415, f"Content-Type must be one of {', '.join(t for t in types if t)}",
+                      "Content-Type")  # fmt: skip
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(413, f"body is larger than {limit} bytes", "body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(16384):
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, f"body is larger than {limit} bytes", "body")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise Problem(400, "body is not valid JSON", "body") from None
+
+
+def parse_events(
+    body: Any, integration: Integration, names: Any, max_age_s: int, now: float
+) -> Parsed:
+    """Validate each event; a bad one becomes an error entry, the others go on."""
+    try:
+        raw_events = split_batch(body)
+    except FieldError as exc:
+        raise Problem(400, exc.error, exc.field) from None
+    batch = isinstance(body, dict) and "events" in body
+    parsed = Parsed([], [])
+    for index, raw in enumerate(raw_events):
+        try:
+            parsed.envelopes.append((index, parse_event(raw, names, now=now, max_age_s=max_age_s)))
+        except FieldError as exc:
+            prefix = f"events[{index}]." if batch else ""
+            parsed.errors.append({"index": index, "error": exc.error, "field": prefix + exc.field})
+    return parsed
+
+
+def _integration(request: web.Request) -> Integration:
+    integration = request.app[INTEGRATIONS].for_host(request.host)
+    if integration is None:
+        raise Problem(404, "no integration serves this host", "Host")
+    return integration
+
+
+async def _queue(
+    request: web.Request,
+    integration: Integration,
+    parsed: Parsed,
+    sessions: list[Session],
+    origin: Origin,
+) -> list[dict[str, Any]]:
+    """Hash, enrich, apply consent and queue every valid event; their answer entries."""
+    settings = request.app[SETTINGS]
+    outgoing: list[Outgoing] = []
+    answers: list[dict[str, Any]] = []
+    tracked: list[dict[str, Any]] = []
+    for (index, envelope), session in zip(parsed.envelopes, sessions, strict=True):
+        if envelope.type is EventType.IDENTIFY:
+            answers.append({"index": index, "status": "identified"})
+            continue
+        assert envelope.event is not None
+        decision = decide(envelope.consent, integration.required_consent, envelope.limited_data_use)
+        event_id = derive_event_id(envelope)
+        hashed = hash_user(envelope, origin.default_region)
+        event = build_event(envelope, event_id, hashed, session, origin, decision)
+        outgoing.append(
+            Outgoing(
+                pixel=integration.pixel_code,
+                event=envelope.event,
+                event_id=event_id,
+                data=encode(event),
+                source=origin.source,
+                suppressed=decision.reason if not decision.send else None,
+            )
+        )
+        entry = {"index": index, "event": envelope.event, "event_id": event_id}
+        answers.append(entry)
+        tracked.append(entry)
+    if outgoing:
+        try:
+            statuses = await request.app[INGEST].submit(
+                outgoing, max_events=settings.queue_max_events
+            )
+        except QueueFull as exc:
+            raise Problem(503, str(exc) + "; retry later", None, retry=True) from None
+        for entry, status in zip(tracked, statuses, strict=True):
+            entry["status"] = status.value
+            EVENTS_INGESTED.labels(status.value, origin.source).inc()
+    answers.sort(key=lambda a: int(a["index"]))
+    return answers
+
+
+def _answer(answers: list[dict[str, Any]], errors: list[dict[str, Any]]) -> web.Response:
+    if not answers and errors:
+        first = errors[0]
+        body = {"error": first["error"], "field": first["field"], "errors": errors, "accepted": []}
+        return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
+    body = {"accepted": answers, "errors": errors}
+    return web.Response(status=202, body=orjson.dumps(body), content_type="application/json")
+
+
+def _unavailable(exc: Exception) -> Problem:
+    log.warning("redis_unavailable", error=type(exc).__name__)
+    return Problem(503, "the event queue is unavailable; retry later", None)
+
+
+def _count_rejections(errors: list[dict[str, Any]], source: str) -> None:
+    for error in errors:
+        EVENTS_REJECTED.labels(error["field"].rsplit(".", 1)[-1], source).inc()
+
+
+async def collect_browser(request: web.Request) -> web.Response:
+    """``POST /e``: events from the collector on the storefront."""
+    app = request.app
+    settings, signer = app[SETTINGS], app[SIGNER]
+    now = time.time()
+    now_ms = int(now * 1000)
+    browser = read_browser(request, settings, signer, now_ms)
+    origin_header = request.headers.get("Origin")
+    if not allowed_origin(origin_header, settings.allowed_origins, browser.origin):
+        return Problem(403, "origin not allowed", "Origin").response({"Vary": "Origin"})
+    headers = cors_headers(origin_header)
+    try:
+        integration = _integration(request)
+        body = await read_json(request, keys.COLLECT_BODY_MAX_BYTES, BROWSER_TYPES)
+        names = app[INTEGRATIONS].names(integration)
+        parsed = parse_events(body, integration, names, settings.event_max_age_s, now)
+        _count_rejections(parsed.errors, "browser")
+        session, click = await _browser_session(request, browser, parsed, now_ms)
+        origin = Origin(
+            source="browser",
+            host=browser.host,
+            ip=browser.ip,
+            user_agent=browser.user_agent,
+            ttp=browser.ttp,
+            click=browser.click,
+            default_region=integration.default_phone_region,
+        )
+        answers = await _queue(
+            request, integration, parsed, [session] * len(parsed.envelopes), origin
+        )
+    except Problem as problem:
+        retry = problem.extra.pop("retry", None)
+        if retry:
+            headers["Retry-After"] = RETRY_AFTER_S
+        return problem.response(headers)
+    except (RedisError, OSError) as exc:
+        headers["Retry-After"] = RETRY_AFTER_S
+        return _unavailable(exc).response(headers)
+    response = _answer(answers, parsed.errors)
+    response.headers.update(headers)
+    for value in set_cookie_headers(settings, signer, browser, click):
+        response.headers.add("Set-Cookie", value)
+    return response
+
+
+async def _browser_session(
+    request: web.Request, browser: BrowserRequest, parsed: Parsed, now_ms: int
+) -> tuple[Session, Any]:
+    """One stitch for the whole request: session, new click, identifiers of consenting events."""
+    integration = _integration(request)
+    click = None
+    links: list[tuple[str, str]] = []
+    page_url = None
+    for _, envelope in parsed.envelopes:
+        page_url = envelope.page_url or page_url
+        click = click_from_page(envelope.page_url, envelope.page_referrer, now_ms) or click
+        if decide(envelope.consent, integration.required_consent).keep_personal_data:
+            for link in hash_user(envelope, integration.default_phone_region).links():
+                if link not in links:
+                    links.append(link)
+    if click is not None:
+        CLICKS_CAPTURED.labels("collector").inc()
+    session_fields = {"ttp": browser.ttp, "seen_ms": str(now_ms)}
+    for key, value in (
+        ("ip", browser.ip),
+        ("user_agent", browser.user_agent),
+        ("page_url", page_url),
+    ):
+        if value:
+            session_fields[key] = value
+    request_ = StitchRequest(browser.visitor_id, links, session_fields, click)
+    session = await request.app[VISITORS].stitch(request_, now_ms)
+    return session, session.click or browser.click
+
+
+async def preflight_browser(request: web.Request) -> web.Response:
+    """``OPTIONS /e``."""
+    settings = request.app[SETTINGS]
+    browser = read_browser(request, settings, request.app[SIGNER], int(time.time() * 1000))
+    return preflight(request.headers.get("Origin"), settings.allowed_origins, browser.origin)
+
+
+def _authorized(request: web.Request) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = request.app[SETTINGS].write_key.encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
+
+
+async def collect_server(request: web.Request) -> web.Response:
+    """``POST /v1/track``: server events from the merchant's backend."""
+    if not _authorized(request):
+        return Problem(401, "a valid write key is required: Authorization: Bearer <key>",
+                       "Authorization").response({"WWW-Authenticate": "Bearer"})  # fmt: skip
+    app = request.app
+    settings, signer = app[SETTINGS], app[SIGNER]
+    now = time.time()
+    now_ms = int(now * 1000)
+    try:
+        integration = _integration(request)
+        body = await read_json(request, keys.TRACK_BODY_MAX_BYTES, SERVER_TYPES)
+        parsed = parse_events(body, integration, app[INTEGRATIONS].names(integration),
+                              settings.event_max_age_s, now)  # fmt: skip
+        _count_rejections(parsed.errors, "server")
+        stitches = []
+        for _, envelope in parsed.envelopes:
+            visitor = signer.read_visitor(envelope.anonymous_id) if envelope.anonymous_id else None
+            keep = decide(envelope.consent, integration.required_consent).keep_personal_data
+            links = hash_user(envelope, integration.default_phone_region).links() if keep else []
+            stitches.append(StitchRequest(visitor, links))
+        sessions = await app[VISITORS].stitch_many(stitches, now_ms)
+        origin = Origin(source="server", host=request.host,
+                        default_region=integration.default_phone_region)  # fmt: skip
+        answers = await _queue(request, integration, parsed, sessions, origin)
+    except Problem as problem:
+        headers = {"Retry-After": RETRY_AFTER_S} if problem.extra.pop("retry", None) else None
+        return problem.response(headers)
+    except (RedisError, OSError) as exc:
+        return _unavailable(exc).response({"Retry-After": RETRY_AFTER_S})
+    return _answer(answers, parsed.errors)
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the ingest routes."""
+    app.router.add_post("/e", collect_browser)
+    app.router.add_route("OPTIONS", "/e", preflight_browser)
+    app.router.add_post("/v1/track", collect_server)

@@ -1,0 +1,84 @@
+"""``GET /landing``: zero-JavaScript click capture behind nginx's ``auth_request``.
+
+nginx (path mode) sends a subrequest here for every storefront request whose query carries
+``ttclid``, with the original URI in ``X-Original-URI`` and the shopper's own headers (Cookie,
+User-Agent, Referer, X-Forwarded-For). The gateway stores the click against the visitor and answers
+204 with the Set-Cookie headers nginx copies onto the storefront's response, so the click is kept
+even when the page's JavaScript never runs.
+
+This route must never break the shop: nginx turns any answer other than 2xx/401/403 into an error
+page. So it always answers 204 — when Redis is down the click still travels in the signed
+``_ttgw_clk`` cookie, and a malformed request just gets fresh cookies.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl, urlsplit
+
+from aiohttp import web
+
+from gateway.appkeys import SETTINGS, SIGNER, VISITORS
+from gateway.browser import read_browser, set_cookie_headers
+from gateway.cookies import read_ttclid
+from gateway.ingest import UTM_FIELDS
+from gateway.logs import get_logger
+from gateway.metrics import CLICKS_CAPTURED
+from gateway.visitors import Click, StitchRequest
+
+log = get_logger("gateway.landing")
+
+ORIGINAL_URI_HEADER = "X-Original-URI"
+
+
+def click_from_uri(uri: str, base: str, referrer: str | None, now_ms: int) -> Click | None:
+    """The click in an original request URI (path and query), if it carries a ttclid."""
+    parts = urlsplit(uri)
+    query = dict(parse_qsl(parts.query))
+    ttclid = read_ttclid(query.get("ttclid"))
+    if ttclid is None:
+        return None
+    path = parts.path if parts.path.startswith("/") else "/" + parts.path
+    landing = f"{base}{path}" + (f"?{parts.query}" if parts.query else "")
+    return Click(
+        ttclid=ttclid,
+        click_ms=now_ms,
+        landing_url=landing[:2048],
+        referrer=(referrer or "")[:2048] or None,
+        utm={k: query[k][:200] for k in UTM_FIELDS if query.get(k)},
+    )
+
+
+async def landing(request: web.Request) -> web.Response:
+    """Capture the click of a landing request; always 204 with the cookies to set."""
+    app = request.app
+    settings, signer = app[SETTINGS], app[SIGNER]
+    now_ms = int(time.time() * 1000)
+    browser = read_browser(request, settings, signer, now_ms)
+    uri = request.headers.get(ORIGINAL_URI_HEADER, "")[:8192]
+    click = click_from_uri(uri, browser.origin, request.headers.get("Referer"), now_ms)
+    if click is not None:
+        CLICKS_CAPTURED.labels("landing").inc()
+        session_fields = {"ttp": browser.ttp, "seen_ms": str(now_ms)}
+        if click.landing_url:
+            session_fields["page_url"] = click.landing_url
+        for key, value in (("ip", browser.ip), ("user_agent", browser.user_agent)):
+            if value:
+                session_fields[key] = value
+        try:
+            session = await app[VISITORS].stitch(
+                StitchRequest(browser.visitor_id, (), session_fields, click), now_ms
+            )
+            click = session.click or click  # the same click seen again keeps its first time
+        except Exception as exc:  # never fail the shop's page: the cookie still carries the click
+            log.warning("landing_store_failed", error=type(exc).__name__)
+    response = web.Response(status=204)
+    for value in set_cookie_headers(settings, signer, browser, click or browser.click):
+        response.headers.add("Set-Cookie", value)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount ``/landing``."""
+    app.router.add_get("/landing", landing)
