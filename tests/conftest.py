@@ -30,12 +30,16 @@ def redis_server_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_server(
-    redis_server_binary: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def redis_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's Redis keeps its AOF (tests grep it for data that must not be there)."""
+    return tmp_path_factory.mktemp("redis")
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_server_binary: Path, redis_workdir: Path) -> Iterator[str]:
     """One real redis-server for the whole session, AOF on, in a temporary directory."""
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+    workdir = redis_workdir
     process = subprocess.Popen(
         [
             str(redis_server_binary),
