@@ -19,11 +19,9 @@ from tests.ingest_support import (
     PHONE,
     PHONE_HASH,
     PIXEL,
-    TTCLID,
     GatewayFactory,
     make_gateway,
     queued,
-    set_cookies,
     sha,
     track,
 )
