@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.identity import redact_url
 from gateway.tiktok_spec import (
     ACCEPTED_EVENTS,
     CUSTOM_EVENT_RE,
@@ -290,7 +291,7 @@ def _url(value: Any, name: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise FieldError(name, "must be an absolute http(s) URL")
-    return url
+    return redact_url(url)
 
 
 def _contents(items: Any, name: str, *, segment: bool) -> list[dict[str, Any]]:

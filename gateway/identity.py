@@ -41,6 +41,7 @@ import hashlib
 import ipaddress
 import re
 import unicodedata
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import phonenumbers
 
@@ -57,6 +58,7 @@ __all__ = [
     "normalize_phone",
     "normalize_place",
     "normalize_region",
+    "redact_url",
     "sha256_hex",
 ]
 
@@ -254,3 +256,36 @@ def _hash(normalized: str) -> str | None:
     except UnicodeEncodeError:
         # Lone surrogates (from lenient JSON decoders) have no UTF-8 form: not a usable key.
         return None
+
+
+# Query parameters that name contact data; their values never leave the request handler.
+_PII_PARAMS = frozenset(
+    {"email", "e-mail", "mail", "emailaddress", "email_address", "phone", "phone_number", "tel",
+     "telephone", "mobile", "first_name", "last_name", "firstname", "lastname", "name", "address",
+     "zip", "zip_code", "postcode"}
+)  # fmt: skip
+_DIGITS_ONLY = re.compile(r"\+?[0-9][0-9 ().-]{6,}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without query parameters that carry contact data.
+
+    Landing and page URLs are stored and sent to TikTok, and marketing links often carry the
+    recipient's e-mail (``?email=…``). Parameters named like contact fields, and any value that
+    holds an ``@`` or looks like a phone number, are removed; everything else (``ttclid``, UTM
+    fields, product ids) is kept in order.
+    """
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [
+        (name, value)
+        for name, value in pairs
+        if name.strip().lower() not in _PII_PARAMS
+        and "@" not in value
+        and not _DIGITS_ONLY.fullmatch(value.strip())
+    ]
+    if len(kept) == len(pairs):
+        return url
+    return urlunsplit(parts._replace(query=urlencode(kept, safe=":/,")))

@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.appkeys import SETTINGS, SIGNER, VISITORS
 from gateway.browser import read_browser, set_cookie_headers
 from gateway.cookies import read_ttclid
+from gateway.identity import redact_url
 from gateway.ingest import UTM_FIELDS
 from gateway.logs import get_logger
 from gateway.metrics import CLICKS_CAPTURED
@@ -39,12 +40,12 @@ def click_from_uri(uri: str, base: str, referrer: str | None, now_ms: int) -> Cl
     if ttclid is None:
         return None
     path = parts.path if parts.path.startswith("/") else "/" + parts.path
-    landing = f"{base}{path}" + (f"?{parts.query}" if parts.query else "")
+    landing = redact_url(f"{base}{path}" + (f"?{parts.query}" if parts.query else ""))
     return Click(
         ttclid=ttclid,
         click_ms=now_ms,
         landing_url=landing[:2048],
-        referrer=(referrer or "")[:2048] or None,
+        referrer=redact_url(referrer)[:2048] if referrer else None,
         utm={k: query[k][:200] for k in UTM_FIELDS if query.get(k)},
     )
 
