@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ from gateway.events import (
     parse_event,
     split_batch,
 )
-from gateway.ingest import Origin, build_event, click_from_page, encode, hash_user
+from gateway.ingest import HashedUser, Origin, build_event, click_from_page, encode, hash_user
 from gateway.logs import get_logger
 from gateway.metrics import CLICKS_CAPTURED, EVENTS_INGESTED, EVENTS_REJECTED
 from gateway.queue import Outgoing, QueueFull
@@ -67,10 +67,11 @@ class Problem(Exception):
 
 @dataclass(slots=True)
 class Parsed:
-    """The events of a request: valid envelopes by index, errors by index."""
+    """The events of a request: valid envelopes by index, their hashed identifiers, errors."""
 
     envelopes: list[tuple[int, Envelope]]
     errors: list[dict[str, Any]]
+    hashed: list[HashedUser] = field(default_factory=list)
 
 
 async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) -> Any:
@@ -111,6 +112,8 @@ def parse_events(
         except FieldError as exc:
             prefix = f"events[{index}]." if batch else ""
             parsed.errors.append({"index": index, "error": exc.error, "field": prefix + exc.field})
+    region = integration.default_phone_region
+    parsed.hashed = [hash_user(envelope, region) for _, envelope in parsed.envelopes]
     return parsed
 
 
@@ -133,14 +136,15 @@ async def _queue(
     outgoing: list[Outgoing] = []
     answers: list[dict[str, Any]] = []
     tracked: list[dict[str, Any]] = []
-    for (index, envelope), session in zip(parsed.envelopes, sessions, strict=True):
+    for (index, envelope), hashed, session in zip(
+        parsed.envelopes, parsed.hashed, sessions, strict=True
+    ):
         if envelope.type is EventType.IDENTIFY:
             answers.append({"index": index, "status": "identified"})
             continue
         assert envelope.event is not None
         decision = decide(envelope.consent, integration.required_consent, envelope.limited_data_use)
         event_id = derive_event_id(envelope)
-        hashed = hash_user(envelope, origin.default_region)
         event = build_event(envelope, event_id, hashed, session, origin, decision)
         outgoing.append(
             Outgoing(
@@ -213,7 +217,6 @@ async def collect_browser(request: web.Request) -> web.Response:
             user_agent=browser.user_agent,
             ttp=browser.ttp,
             click=browser.click,
-            default_region=integration.default_phone_region,
         )
         answers = await _queue(
             request, integration, parsed, [session] * len(parsed.envelopes), origin
@@ -241,11 +244,11 @@ async def _browser_session(
     click = None
     links: list[tuple[str, str]] = []
     page_url = None
-    for _, envelope in parsed.envelopes:
+    for (_, envelope), hashed in zip(parsed.envelopes, parsed.hashed, strict=True):
         page_url = envelope.page_url or page_url
         click = click_from_page(envelope.page_url, envelope.page_referrer, now_ms) or click
         if decide(envelope.consent, integration.required_consent).keep_personal_data:
-            for link in hash_user(envelope, integration.default_phone_region).links():
+            for link in hashed.links():
                 if link not in links:
                     links.append(link)
     if click is not None:
@@ -292,14 +295,13 @@ async def collect_server(request: web.Request) -> web.Response:
                               settings.event_max_age_s, now)  # fmt: skip
         _count_rejections(parsed.errors, "server")
         stitches = []
-        for _, envelope in parsed.envelopes:
+        for (_, envelope), hashed in zip(parsed.envelopes, parsed.hashed, strict=True):
             visitor = signer.read_visitor(envelope.anonymous_id) if envelope.anonymous_id else None
             keep = decide(envelope.consent, integration.required_consent).keep_personal_data
-            links = hash_user(envelope, integration.default_phone_region).links() if keep else []
+            links = hashed.links() if keep else []
             stitches.append(StitchRequest(visitor, links))
         sessions = await app[VISITORS].stitch_many(stitches, now_ms)
-        origin = Origin(source="server", host=request.host,
-                        default_region=integration.default_phone_region)  # fmt: skip
+        origin = Origin(source="server", host=request.host)
         answers = await _queue(request, integration, parsed, sessions, origin)
     except Problem as problem:
         headers = {"Retry-After": RETRY_AFTER_S} if problem.extra.pop("retry", None) else None

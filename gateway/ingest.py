@@ -54,7 +54,6 @@ class Origin:
     user_agent: str | None = None
     ttp: str | None = None
     click: Click | None = None  # from the signed click cookie (browser)
-    default_region: str | None = None
 
 
 def _hashed_all(values: list[str], hasher: Any, kind: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway import keys
+from gateway.metrics import IDENTIFIERS_DROPPED
 from gateway.settings import Settings
 from tests.ingest_support import (
     EMAIL,
@@ -411,6 +412,7 @@ async def test_phone_region_comes_from_the_event_country_then_the_integration(
         'default_phone_region = "GB"\n'
     )
     client = await gateway(TTGW_CONFIG=str(config))
+    dropped_before = IDENTIFIERS_DROPPED.labels("phone")._value.get()
     events = [
         track(event_id="gb", user={"phone": "07911 123456"}),
         track(event_id="fr", user={"phone": PHONE, "country": "FR"}),
@@ -421,6 +423,7 @@ async def test_phone_region_comes_from_the_event_country_then_the_integration(
     assert users["gb"]["phone"] == [sha("+447911123456")]
     assert users["fr"]["phone"] == [PHONE_HASH]
     assert "phone" not in users["bad"] and "email" not in users["bad"]  # dropped, not hashed
+    assert IDENTIFIERS_DROPPED.labels("phone")._value.get() == dropped_before + 1  # and counted
 
 
 async def test_time_is_clamped_and_old_events_refused(

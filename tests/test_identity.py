@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import identity
 from gateway.identity import (
     MAX_EMAIL_CHARS,
     as_sha256,
@@ -437,3 +438,19 @@ def test_as_sha256_round_trips_sha256_hex(raw: str) -> None:
     assert as_sha256(digest) == digest
     assert as_sha256(f" {digest.upper()}\t") == digest
     assert hash_email(digest) == digest
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://s.example/p?ttclid=E.C.P.x&utm_source=tiktok",
+         "https://s.example/p?ttclid=E.C.P.x&utm_source=tiktok"),
+        ("https://s.example/?email=a%40b.com&ttclid=E.C.P.x", "https://s.example/?ttclid=E.C.P.x"),
+        ("https://s.example/?u=jane@example.com&sku=12", "https://s.example/?sku=12"),
+        ("https://s.example/?Phone=0612345678&id=7", "https://s.example/?id=7"),
+        ("https://s.example/?ref=%2B33%206%2012%2034%2056%2078", "https://s.example/"),
+        ("https://s.example/checkout/thank-you", "https://s.example/checkout/thank-you"),
+    ],
+)  # fmt: skip
+def test_redact_url_removes_contact_data(url: str, expected: str) -> None:
+    assert identity.redact_url(url) == expected
