@@ -23,6 +23,7 @@ from gateway.connections import RedisOptions, make_redis
 from gateway.cookies import CookieSigner
 from gateway.integrations import Integrations
 from gateway.logs import get_logger
+from gateway.metrics import metrics_handler
 from gateway.queue import IngestQueue
 from gateway.settings import Settings
 from gateway.visitors import VisitorStore
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(http_context)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     collect.add_routes(app)
     landing.add_routes(app)
     return app

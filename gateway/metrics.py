@@ -5,7 +5,8 @@ Counters carry no identifiers and no user data: only event names, reasons and ke
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 EVENTS_INGESTED = Counter(
     "ttgw_events_ingested_total",
@@ -23,3 +24,10 @@ IDENTIFIERS_DROPPED = Counter(
 CLICKS_CAPTURED = Counter(
     "ttgw_clicks_captured_total", "TikTok clicks (ttclid) captured, by where", ["via"]
 )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics`` in Prometheus' text format."""
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

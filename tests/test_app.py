@@ -95,3 +95,15 @@ def test_json_logging_writes_one_object_per_line(
 def test_create_app_needs_a_redis_url(make_settings: MakeSettings) -> None:
     with pytest.raises(ValueError, match="redis_url"):
         create_app(make_settings())
+
+
+async def test_metrics_are_served(
+    aiohttp_client, make_settings: MakeSettings, redis_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(TTGW_REDIS_URL=redis_url)))
+    await client.post("/e", json={"event": "ViewContent", "event_id": "m1"})
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = await response.text()
+    assert 'ttgw_events_ingested_total{source="browser",status="queued"}' in text
