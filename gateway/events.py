@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+
+from yarl import URL
 
 from gateway.identity import redact_url
 from gateway.tiktok_spec import (
@@ -92,7 +93,7 @@ FORBIDDEN_FIELDS = ("pixel_code", "pixel", "access_token", "event_source_id", "t
                     "api_url", "destination")  # fmt: skip
 
 # Properties TikTok uses; anything else is dropped rather than sent (it could carry raw PII).
-PASS_PROPERTIES = ("content_type", "description", "delivery_category", "shop_id", "predicted_ltv")
+PASS_PROPERTIES = ("content_type", "description", "delivery_category", "shop_id")
 
 
 class FieldError(ValueError):
@@ -227,10 +228,8 @@ def _identifier(value: Any, name: str) -> str:
     """An id as a string: strings kept exactly, JSON integers as their decimal string."""
     if isinstance(value, bool):
         raise FieldError(name, "must be a string")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        value = str(int(value))
     if isinstance(value, str) and value and len(value) <= 256:
         return value
     raise FieldError(name, "must be a non-empty string (at most 256 characters) or an integer")
@@ -288,10 +287,25 @@ def _url(value: Any, name: str) -> str | None:
     if value is None or value == "":
         return None
     url = _text(value, name, limit=MAX_URL_CHARS)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parsed = URL(url)
+        host = parsed.host
+    except ValueError:
+        host = None
+    if host is None or parsed.scheme not in ("http", "https"):
         raise FieldError(name, "must be an absolute http(s) URL")
     return redact_url(url)
+
+
+def _referrer(value: Any, name: str) -> str | None:
+    """document.referrer as the browser gives it: any text (e.g. android-app://…), URLs redacted."""
+    if value is None or value == "":
+        return None
+    text = _text(value, name, limit=MAX_URL_CHARS)
+    try:
+        return redact_url(text)
+    except ValueError:
+        return text
 
 
 def _contents(items: Any, name: str, *, segment: bool) -> list[dict[str, Any]]:
@@ -337,7 +351,10 @@ def parse_properties(raw: Any, name: str = "properties") -> dict[str, Any]:
     else:
         priced = [c for c in out.get("contents", []) if "price" in c]
         if priced:
-            out["value"] = round(sum(c["price"] * c.get("quantity", 1) for c in priced), 2)
+            total = sum(c["price"] * c.get("quantity", 1) for c in priced)
+            if not math.isfinite(total):
+                raise FieldError(f"{name}.value", "the contents' price x quantity is not finite")
+            out["value"] = round(total, 2)
     if props.get("currency") not in (None, ""):
         currency = _text(props["currency"], f"{name}.currency", limit=3).upper()
         if currency not in SUPPORTED_CURRENCIES:
@@ -345,9 +362,10 @@ def parse_properties(raw: Any, name: str = "properties") -> dict[str, Any]:
         out["currency"] = currency
     if props.get("order_id") not in (None, ""):
         out["order_id"] = _identifier(props["order_id"], f"{name}.order_id")
-    query = props.get("search_string") or props.get("query")
-    if query not in (None, ""):
-        out["query"] = out["search_string"] = _text(query, f"{name}.query", limit=500)
+    for key in ("search_string", "query"):
+        if props.get(key) not in (None, ""):
+            out["query"] = out["search_string"] = _text(props[key], f"{name}.{key}", limit=500)
+            break
     if props.get("content_ids") is not None:
         ids = props["content_ids"]
         if not isinstance(ids, list):
@@ -362,6 +380,8 @@ def parse_properties(raw: Any, name: str = "properties") -> dict[str, Any]:
             out[key] = _text(props[key], f"{name}.{key}", limit=500)
     if out.get("content_type") not in (None, "product", "product_group"):
         raise FieldError(f"{name}.content_type", "must be product or product_group")
+    if props.get("predicted_ltv") is not None:
+        out["predicted_ltv"] = _number(props["predicted_ltv"], f"{name}.predicted_ltv")
     if props.get("num_items") is not None:
         out["num_items"] = int(_number(props["num_items"], f"{name}.num_items"))
     return out
@@ -388,12 +408,15 @@ def _user(raw: Any, context: Mapping[str, Any], traits: Mapping[str, Any]) -> Us
         city=_opt_text(user, "city", "user.city", limit=200),
         state=_opt_text(user, "state", "user.state", limit=200),
     )
-    ip = _opt_text(user, "ip", "user.ip", limit=64) or _opt_text(context, "ip", "context.ip", 64)
-    if ip is not None:
+    for source, key, where in ((user, "ip", "user.ip"), (context, "ip", "context.ip")):
+        ip = _opt_text(source, key, where, limit=64)
+        if ip is None:
+            continue
         try:
             user_input.ip = str(ipaddress.ip_address(ip))
         except ValueError:
-            raise FieldError("user.ip", "must be an IPv4 or IPv6 address") from None
+            raise FieldError(where, "must be an IPv4 or IPv6 address") from None
+        break
     return user_input
 
 
@@ -432,7 +455,7 @@ def parse_event(raw: Any, names: NameTable, *, now: float, max_age_s: int) -> En
     elif kind is EventType.PAGE:
         event = PAGEVIEW
     context = _object(obj.get("context"), "context")
-    page = _object(obj.get("page") or context.get("page"), "page")
+    page = _object(obj["page"] if "page" in obj else context.get("page"), "page")
     ldu = obj.get("limited_data_use")
     if ldu is not None and not isinstance(ldu, bool):
         raise FieldError("limited_data_use", "must be true or false")
@@ -451,7 +474,7 @@ def parse_event(raw: Any, names: NameTable, *, now: float, max_age_s: int) -> En
         user=_user(obj.get("user"), context, _object(obj.get("traits"), "traits")),
         properties=parse_properties(obj.get("properties")),
         page_url=_url(page.get("url"), "page.url"),
-        page_referrer=_url(page.get("referrer"), "page.referrer"),
+        page_referrer=_referrer(page.get("referrer"), "page.referrer"),
         consent=_consent(obj.get("consent")),
         message_id=None if message_id in (None, "") else _identifier(message_id, "messageId"),
         limited_data_use=ldu,

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from gateway.tiktok_spec import ACCEPTED_EVENTS, CUSTOM_EVENT_RE, KNOWN_FOLDED
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_TIKTOK_API_URL = "https://business-api.tiktok.com/open_api/v1.3/"
@@ -409,6 +411,14 @@ def _integration_from_table(n: int, table: Any) -> Integration:
         isinstance(k, str) and isinstance(v, str) and v for k, v in overrides.items()
     ):
         raise SettingsError(f"{where}.event_overrides", "must be a table of name = name strings")
+    for target in overrides.values():
+        known = KNOWN_FOLDED.get(target.casefold())
+        if target not in ACCEPTED_EVENTS and (
+            known is not None or not CUSTOM_EVENT_RE.fullmatch(target)
+        ):
+            raise SettingsError(
+                f"{where}.event_overrides", f"{target!r} is not an event name TikTok accepts"
+            )
     enabled = table.get("enabled", True)
     if not isinstance(enabled, bool):
         raise SettingsError(f"{where}.enabled", "must be true or false")

@@ -235,6 +235,11 @@ enabled = false
             "colour = 1\n",
             "integrations[0]",
         ),
+        (
+            '[[integrations]]\npixel_code = "CAAAAAAAAAAAAAAAAAA0"\naccess_token = "t"\n'
+            'event_overrides = { "Order Completed" = "purchase" }\n',
+            "integrations[0].event_overrides",
+        ),
         ("pixel = 1\n", "TTGW_CONFIG"),
         ("[[integrations]\n", "TTGW_CONFIG"),
         (
