@@ -292,6 +292,22 @@ async def test_a_full_queue_answers_503_and_drops_nothing(
     assert [a["status"] for a in retry["accepted"]] == ["duplicate", "duplicate", "queued"]
 
 
+async def test_redis_out_of_memory_is_503_and_the_process_stays_up(
+    gateway: GatewayFactory, redis: Redis
+) -> None:
+    client = await gateway()
+    await client.post("/e", json=track(event_id="before"))  # scripts loaded, stream exists
+    await redis.config_set("maxmemory", "1")  # noeviction: every write is refused with OOM
+    try:
+        response = await client.post("/e", json=track(event_id="oom"))
+        assert response.status == 503
+        assert "Retry-After" in response.headers
+    finally:
+        await redis.config_set("maxmemory", "0")
+    assert (await client.post("/e", json=track(event_id="after"))).status == 202
+    assert [e["event_id"] for e in await queued(redis)] == ["before", "after"]
+
+
 async def test_redis_down_is_503_never_202(
     aiohttp_client, make_settings: Callable[..., Settings]
 ) -> None:
