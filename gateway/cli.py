@@ -9,11 +9,13 @@ import dataclasses
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from aiohttp import web
 
-from gateway import __version__, keys
+from gateway import __version__, commands, keys
 from gateway.app import create_app
+from gateway.delivery import serve_worker
 from gateway.embedded import EmbeddedRedis, EmbeddedRedisError
 from gateway.logs import configure_logging, get_logger
 from gateway.settings import Settings, SettingsError
@@ -51,30 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configuration comes from TTGW_* environment variables; see the README.",
     )
     parser.add_argument("--version", action="version", version=f"tt-gateway {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = commands.add_parser(
+    run = subcommands.add_parser(
         "run",
         help="web server and delivery worker in one process (embedded Redis by default)",
     )
     _listen_options(run)
-    serve = commands.add_parser("serve", help="web server only (ingest, admin, dashboard)")
+    serve = subcommands.add_parser("serve", help="web server only (ingest, admin, dashboard)")
     _listen_options(serve)
-    commands.add_parser("worker", help="delivery worker only: Redis queue -> TikTok Events API")
+    subcommands.add_parser("worker", help="delivery worker only: Redis queue -> TikTok Events API")
 
-    replay = commands.add_parser("replay", help="send dead letters (or a time range) again")
+    replay = subcommands.add_parser(
+        "replay", help="send dead letters again (all, by event id, or dead-lettered in a range)"
+    )
     replay.add_argument("--event-id", action="append", default=[], help="replay this event id")
-    replay.add_argument("--since", help="start of a time range (ISO-8601 or Unix seconds)")
-    replay.add_argument("--until", help="end of a time range (ISO-8601 or Unix seconds)")
-    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    replay.add_argument("--since", help="dead-lettered at or after (ISO-8601 or Unix seconds)")
+    replay.add_argument("--until", help="dead-lettered at or before (ISO-8601 or Unix seconds)")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
 
-    commands.add_parser("doctor", help="check configuration, Redis, tokens and the deployment")
-    send_test = commands.add_parser(
+    subcommands.add_parser("doctor", help="check configuration, Redis, tokens and the deployment")
+    send_test = subcommands.add_parser(
         "send-test", help="send one test event through the integration's test_event_code"
     )
-    send_test.add_argument("--pixel", help="pixel code of the integration (default: the only one)")
+    send_test.add_argument("--pixel", help="pixel code of the integration (default: the first)")
+    send_test.add_argument(
+        "--test-event-code", help="Events Manager's test code (default: the integration's)"
+    )
 
-    emulator = commands.add_parser(
+    emulator = subcommands.add_parser(
         "emulator", help="run the local TikTok Events API emulator (for tests and trials)"
     )
     emulator.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
@@ -125,7 +132,7 @@ def redis_for(settings: Settings) -> Iterator[Settings]:
         embedded.stop()
 
 
-def _banner(settings: Settings, port: int) -> None:
+def _banner(settings: Settings, port: int, *, worker: bool) -> None:
     host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
     base = f"http://{host}:{port}"
     lines = [
@@ -141,37 +148,59 @@ def _banner(settings: Settings, port: int) -> None:
             "checked as TikTok would and recorded in Redis by the built-in sandbox, "
             "not sent to TikTok"
         )
-    else:
+    elif worker:
         pixels = ", ".join(i.pixel_code for i in settings.integrations if i.enabled)
         lines.append(f"  delivering to TikTok for pixel(s) {pixels} via {settings.tiktok_api_url}")
+    if not worker:
+        lines.append("  no delivery worker in this process: run `tt-gateway worker` beside it")
     if settings.generated_secrets:
         generated = ", ".join(settings.generated_secrets)
         lines.append(f"  generated and kept in {settings.data_dir}: {generated}")
     print("\n".join(lines), flush=True)
 
 
-async def _serve(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down in order: intake, handlers, resources."""
+async def _serve(settings: Settings, *, web_server: bool, worker: bool) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down in order: intake, delivery, resources."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(
-        create_app(settings), access_log=None, shutdown_timeout=keys.SHUTDOWN_GRACE_S
-    )
-    await runner.setup()
+    runner: web.AppRunner | None = None
+    worker_stop = asyncio.Event()
+    delivery: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
-        await site.start()
-        port: int = runner.addresses[0][1]  # the bound one, when port 0 asked for any free port
-        _banner(settings, port)
-        log.info("started", host=settings.host, port=port, sandbox=settings.sandbox)
-        await stop.wait()
+        if web_server:
+            runner = web.AppRunner(
+                create_app(settings), access_log=None, shutdown_timeout=keys.SHUTDOWN_GRACE_S
+            )
+            await runner.setup()
+            site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+            await site.start()
+            port: int = runner.addresses[0][1]  # the bound one, when port 0 asked for any
+            _banner(settings, port, worker=worker)
+            log.info("started", host=settings.host, port=port, sandbox=settings.sandbox)
+        if worker:
+            delivery = asyncio.create_task(serve_worker(settings, worker_stop))
+            if not web_server:
+                print(f"tt-gateway {__version__}: delivery worker running", flush=True)
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        if delivery is not None:
+            waiters.append(delivery)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping")
     finally:
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()  # intake stops first
+        worker_stop.set()
+        if delivery is not None:
+            await asyncio.wait([delivery], timeout=keys.SHUTDOWN_GRACE_S + 5)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+    if delivery is not None and delivery.done() and not stop.is_set():
+        error = delivery.exception()
+        log.error("worker_died", error=repr(error))
+        return 1
+    return 0
 
 
 def _not_yet(command: str, issue: int, feature: str) -> NotYetAvailable:
@@ -210,16 +239,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = _settings(args)
         configure_logging(settings.log_level)
-        if args.command in ("run", "serve"):
+        if args.command in ("run", "serve", "worker"):
             with redis_for(settings) as ready:
-                asyncio.run(_serve(ready))
-            return 0
-        if args.command == "worker":
-            raise _not_yet("worker", 4, "the delivery worker")
+                return asyncio.run(
+                    _serve(
+                        ready,
+                        web_server=args.command != "worker",
+                        worker=args.command != "serve",
+                    )
+                )
         if args.command == "replay":
-            raise _not_yet("replay", 4, "dead-letter replay")
+            with redis_for(settings) as ready:
+                return asyncio.run(commands.replay_command(ready, args))
         if args.command == "send-test":
-            raise _not_yet("send-test", 4, "delivery to TikTok (needed to send a test event)")
+            with redis_for(settings) as ready:
+                return asyncio.run(commands.send_test(ready, args))
         raise _not_yet("doctor", 6, "the deployment self-check")
     except SettingsError as exc:
         print(f"tt-gateway: configuration error: {exc}", file=sys.stderr)

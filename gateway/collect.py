@@ -162,7 +162,9 @@ async def _queue(
     if outgoing:
         try:
             statuses = await request.app[INGEST].submit(
-                outgoing, max_events=settings.queue_max_events
+                outgoing,
+                max_events=settings.queue_max_events,
+                receipt_ttl_s=settings.receipt_ttl_s,
             )
         except QueueFull as exc:
             raise Problem(503, str(exc) + "; retry later", None, retry=True) from None

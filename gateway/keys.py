@@ -51,6 +51,14 @@ def receipt_key(pixel_code: str, event: str, event_id: str) -> str:
 
 
 RECEIPT_INDEX_ZSET = f"{PREFIX}:{QUEUE_TAG}:receipts"  # member: dedup id, score: received ms
+RETRY_DATA_HASH = f"{PREFIX}:{QUEUE_TAG}:retry-data"  # field: dedup id, value: the entry as JSON
+PROBE_LOCK_PREFIX = f"{PREFIX}:{QUEUE_TAG}:probe:"  # + pixel: one probe of a paused pixel at once
+
+
+def receipt_ids_key(event_id: str) -> str:
+    """The dedup ids of every receipt with this event_id (names may differ), for look-ups."""
+    return f"{PREFIX}:{QUEUE_TAG}:rid:{event_id}"
+
 
 # --- identity: hash tag {id} ----------------------------------------------------------------
 IDENTITY_TAG = "{id}"
@@ -128,7 +136,7 @@ HTTP_TOTAL_TIMEOUT_S = 15.0
 HTTP_CONNECTIONS_PER_HOST = 16
 RETRY_BASE_S = 1.0
 RETRY_CAP_S = 300.0
-RECLAIM_MIN_IDLE_MS = 60_000  # above the longest possible send (HTTP_TOTAL_TIMEOUT_S x 2 + margin)
+RECLAIM_IDLE_S = 60.0  # above the longest possible send (HTTP_TOTAL_TIMEOUT_S x 2 + margin)
 RECLAIM_INTERVAL_S = 15.0
 RETRY_POLL_INTERVAL_S = 0.5
 PAUSED_PROBE_INTERVAL_S = 60.0

@@ -6,7 +6,7 @@ Counters carry no identifiers and no user data: only event names, reasons and ke
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 EVENTS_INGESTED = Counter(
     "ttgw_events_ingested_total",
@@ -31,3 +31,21 @@ async def metrics_handler(request: web.Request) -> web.Response:
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
+
+
+DELIVERY_OUTCOMES = Counter(
+    "ttgw_delivery_events_total",
+    "Events settled by the delivery worker, by outcome (delivered, retry, throttled, invalid, "
+    "auth, rejected, dead, duplicate)",
+    ["outcome"],
+)
+DELIVERY_SECONDS = Histogram(
+    "ttgw_delivery_request_seconds",
+    "Time of one Events API request, from send to answer",
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+)
+REQUEST_EVENTS = Histogram(
+    "ttgw_delivery_request_events",
+    "Events per Events API request",
+    buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000),
+)

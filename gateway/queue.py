@@ -21,7 +21,7 @@ from gateway import keys
 from gateway.connections import Lua, LuaCall, RedisClient, eval_many
 
 _ENQUEUE = Lua("""
--- KEYS: seen, stream, receipt, receipt index, counters
+-- KEYS: seen, stream, receipt, receipt index, counters, receipt ids of the event_id
 -- ARGV: idempotency ttl s, queue max (0 = no limit), receipt ttl s, received ms, dedup id,
 --       then the stream entry's field/value pairs
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -44,13 +44,15 @@ redis.call('HSET', KEYS[3], 'state', 'queued', 'stream_id', id, 'attempts', 0,
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], received, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', received - tonumber(ARGV[3]) * 1000)
+redis.call('SADD', KEYS[6], ARGV[5])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
 redis.call('HINCRBY', KEYS[5], 'accepted', 1)
 redis.call('HINCRBY', KEYS[5], 'queued', 1)
 return id
 """)
 
 _SUPPRESS = Lua("""
--- KEYS: receipt, receipt index, counters
+-- KEYS: receipt, receipt index, counters, receipt ids of the event_id
 -- ARGV: receipt ttl s, received ms, dedup id, reason, then field/value pairs
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -61,6 +63,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 local received = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[2], received, ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', received - tonumber(ARGV[1]) * 1000)
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'accepted', 1)
 redis.call('HINCRBY', KEYS[3], 'suppressed', 1)
 return 1
@@ -98,7 +102,12 @@ class IngestQueue:
         self.redis = redis
 
     async def submit(
-        self, items: Sequence[Outgoing], *, max_events: int, now: float | None = None
+        self,
+        items: Sequence[Outgoing],
+        *,
+        max_events: int,
+        receipt_ttl_s: int = keys.RECEIPT_TTL_S,
+        now: float | None = None,
     ) -> list[Status]:
         """Queue (or record as suppressed) every item in one round trip; their statuses in order.
 
@@ -114,12 +123,13 @@ class IngestQueue:
                 "source", item.source, "received_ms", received_ms, "data", item.data,
             ]  # fmt: skip
             receipt = keys.receipt_key(item.pixel, item.event, item.event_id)
+            rids = keys.receipt_ids_key(item.event_id)
             if item.suppressed is not None:
                 calls.append(
                     (
                         _SUPPRESS,
-                        [receipt, keys.RECEIPT_INDEX_ZSET, keys.COUNTERS_HASH],
-                        [keys.RECEIPT_TTL_S, received_ms, dedup, item.suppressed, *fields[:-2]],
+                        [receipt, keys.RECEIPT_INDEX_ZSET, keys.COUNTERS_HASH, rids],
+                        [receipt_ttl_s, received_ms, dedup, item.suppressed, *fields[:-2]],
                     )
                 )
                 continue
@@ -132,11 +142,12 @@ class IngestQueue:
                         receipt,
                         keys.RECEIPT_INDEX_ZSET,
                         keys.COUNTERS_HASH,
+                        rids,
                     ],
                     [
                         keys.IDEMPOTENCY_TTL_S,
                         max_events,
-                        keys.RECEIPT_TTL_S,
+                        receipt_ttl_s,
                         received_ms,
                         dedup,
                         *fields,

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from gateway import keys
 from gateway.tiktok_spec import ACCEPTED_EVENTS, CUSTOM_EVENT_RE, KNOWN_FOLDED
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,7 +97,17 @@ class Settings:
     log_level: str
     purchase_event: str = "Purchase"
     queue_max_events: int = 1_000_000
-    event_max_age_s: int = 7 * 86400
+    event_max_age_s: int = keys.EVENT_MAX_AGE_S
+    retry_base_s: float = keys.RETRY_BASE_S
+    retry_cap_s: float = keys.RETRY_CAP_S
+    dead_letter_after_s: int = keys.DEAD_LETTER_HORIZON_S
+    receipt_ttl_s: int = keys.RECEIPT_TTL_S
+    rate_limit_rps: float = keys.RATE_LIMIT_REQUESTS_PER_S
+    rate_limit_burst: int = keys.RATE_LIMIT_BURST
+    delivery_concurrency: int = keys.DELIVERY_CONCURRENCY
+    reclaim_idle_s: float = keys.RECLAIM_IDLE_S
+    batch_max_events: int = keys.BATCH_MAX_EVENTS
+    paused_probe_s: float = keys.PAUSED_PROBE_INTERVAL_S
     generated_secrets: tuple[str, ...] = ()
 
     @property
@@ -161,7 +172,64 @@ class Settings:
                 "TTGW_QUEUE_MAX_EVENTS", get("TTGW_QUEUE_MAX_EVENTS") or "1000000", 0, 10**9
             ),
             event_max_age_s=_integer(
-                "TTGW_EVENT_MAX_AGE_S", get("TTGW_EVENT_MAX_AGE_S") or "604800", 60, 28 * 86400
+                "TTGW_EVENT_MAX_AGE_S",
+                get("TTGW_EVENT_MAX_AGE_S") or str(keys.EVENT_MAX_AGE_S),
+                60,
+                28 * 86400,
+            ),
+            retry_base_s=_decimal(
+                "TTGW_RETRY_BASE_S", get("TTGW_RETRY_BASE_S") or str(keys.RETRY_BASE_S), 0.01, 3600
+            ),
+            retry_cap_s=_decimal(
+                "TTGW_RETRY_CAP_S", get("TTGW_RETRY_CAP_S") or str(keys.RETRY_CAP_S), 0.01, 6 * 3600
+            ),
+            dead_letter_after_s=_integer(
+                "TTGW_DEAD_LETTER_AFTER_S",
+                get("TTGW_DEAD_LETTER_AFTER_S") or str(keys.DEAD_LETTER_HORIZON_S),
+                1,
+                47 * 3600,
+            ),
+            receipt_ttl_s=_integer(
+                "TTGW_RECEIPT_TTL_S",
+                get("TTGW_RECEIPT_TTL_S") or str(keys.RECEIPT_TTL_S),
+                3600,
+                400 * 86400,
+            ),
+            rate_limit_rps=_decimal(
+                "TTGW_RATE_LIMIT_RPS",
+                get("TTGW_RATE_LIMIT_RPS") or str(keys.RATE_LIMIT_REQUESTS_PER_S),
+                0.01,
+                1000,
+            ),
+            rate_limit_burst=_integer(
+                "TTGW_RATE_LIMIT_BURST",
+                get("TTGW_RATE_LIMIT_BURST") or str(keys.RATE_LIMIT_BURST),
+                1,
+                1000,
+            ),
+            delivery_concurrency=_integer(
+                "TTGW_DELIVERY_CONCURRENCY",
+                get("TTGW_DELIVERY_CONCURRENCY") or str(keys.DELIVERY_CONCURRENCY),
+                1,
+                64,
+            ),
+            reclaim_idle_s=_decimal(
+                "TTGW_RECLAIM_IDLE_S",
+                get("TTGW_RECLAIM_IDLE_S") or str(keys.RECLAIM_IDLE_S),
+                1,
+                3600,
+            ),
+            batch_max_events=_integer(
+                "TTGW_BATCH_MAX_EVENTS",
+                get("TTGW_BATCH_MAX_EVENTS") or str(keys.BATCH_MAX_EVENTS),
+                1,
+                1000,
+            ),
+            paused_probe_s=_decimal(
+                "TTGW_PAUSED_PROBE_S",
+                get("TTGW_PAUSED_PROBE_S") or str(keys.PAUSED_PROBE_INTERVAL_S),
+                0.1,
+                3600,
             ),
             generated_secrets=generated,
         )
@@ -206,6 +274,16 @@ def _integer(variable: str, raw: str, low: int, high: int) -> int:
         raise SettingsError(variable, f"must be an integer, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(variable, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _decimal(variable: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(variable, f"must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(variable, f"must be between {low:g} and {high:g}, got {value:g}")
     return value
 
 

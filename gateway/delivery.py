@@ -1,0 +1,439 @@
+"""The delivery worker: the Redis stream to TikTok's Events API, store and forward.
+
+One loop reads batches with the consumer group, groups them by pixel, cuts requests of at most
+1,000 events and ~900 KiB, and sends several at once through one aiohttp session, each request
+after a cell of the pixel's rate limiter (shared in Redis by every worker). The answer's body
+``code`` decides what happens to the events (see :class:`gateway.tiktok.Verdict`):
+
+* delivered → settled (receipt, 48 h ``sent`` marker); if the pixel had been failing, every
+  scheduled retry is brought forward so a short outage does not leave events waiting minutes;
+* retry / throttled → back to the retry set with exponential backoff and full jitter (from
+  ``TTGW_RETRY_BASE_S``, doubling, capped at ``TTGW_RETRY_CAP_S``); throttling also slows the
+  limiter; an event that would still be failing ``TTGW_DEAD_LETTER_AFTER_S`` after it arrived is
+  dead-lettered instead, well before TikTok's 48 h dedup window closes;
+* invalid → the batch is split in halves until the bad event is alone; only it is dead-lettered;
+* auth / permission → the integration is paused (alert in logs, metrics and Redis), its events are
+  kept, and one event probes it about once a minute until the token works again;
+* rejected → dead letters with TikTok's message.
+
+Before sending, events TikTok already accepted are skipped (exactly-once effect), and events that
+cannot be valid (too old, failing TikTok's rules) are dead-lettered with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from redis.typing import EncodableT, FieldT
+
+from gateway import keys
+from gateway.connections import LuaCall, RedisClient, RedisOptions, make_redis
+from gateway.integrations import SANDBOX, Integrations
+from gateway.logs import get_logger
+from gateway.metrics import DELIVERY_OUTCOMES, DELIVERY_SECONDS, REQUEST_EVENTS
+from gateway.outbox import Entry, Outbox, Outcome
+from gateway.ratelimit import RateLimit, RateLimiter
+from gateway.sandbox import Sandbox
+from gateway.settings import Integration, Settings
+from gateway.tiktok import (
+    Answer,
+    Destination,
+    SandboxDestination,
+    TikTokClient,
+    Verdict,
+    build_body,
+    chunks,
+    event_problem,
+)
+
+log = get_logger("gateway.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one pixel's events go."""
+
+    integration: Integration
+    destination: Destination
+
+
+def consumer_name() -> str:
+    """A consumer name unique to this process: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Pauses:
+    """Integrations paused for token or permission errors, shared in Redis."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+
+    async def get(self, pixel: str) -> dict[str, object] | None:
+        """The pause record of ``pixel``, or None."""
+        raw = await self.redis.hget(keys.PAUSED_HASH, pixel)
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def pause(self, pixel: str, answer: Answer, now_ms: int) -> None:
+        """Pause ``pixel`` and raise an alert."""
+        record: dict[str, str | int | None] = {
+            "reason": "auth",
+            "code": answer.code,
+            "http_status": answer.http_status,
+            "message": answer.message,
+            "since_ms": now_ms,
+        }
+        alert: dict[FieldT, EncodableT] = {
+            "pixel": pixel,
+            "kind": "paused",
+        }
+        alert.update({k: "" if v is None else str(v) for k, v in record.items()})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(keys.PAUSED_HASH, pixel, orjson.dumps(record))
+        pipe.xadd(keys.ALERTS_STREAM, alert, maxlen=1000, approximate=True)
+        await pipe.execute()
+
+    async def resume(self, pixel: str) -> bool:
+        """Lift the pause; True when there was one."""
+        return bool(await self.redis.hdel(keys.PAUSED_HASH, pixel))
+
+    async def claim_probe(self, pixel: str, interval_s: float) -> bool:
+        """True for the one worker that may probe ``pixel`` now (at most once per interval)."""
+        key = keys.PROBE_LOCK_PREFIX + pixel
+        return bool(await self.redis.set(key, "1", nx=True, px=int(interval_s * 1000)))
+
+
+class Worker:
+    """Delivers the queue until told to stop. Several may run, in one or many processes."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        settings: Settings,
+        routes: Callable[[str], Route | None],
+        limiter: RateLimiter,
+        *,
+        consumer: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.routes = routes
+        self.limiter = limiter
+        self.consumer = consumer or consumer_name()
+        self.outbox = Outbox(redis, receipt_ttl_s=settings.receipt_ttl_s)
+        self.pauses = Pauses(redis)
+        self._slots = asyncio.Semaphore(settings.delivery_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failing: set[str] = set()
+        self._throttled_at: dict[str, float] = {}
+
+    # --- the loops ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read and deliver until ``stop`` is set; then finish or return in-flight batches."""
+        await self.outbox.ensure_group()
+        log.info("worker_started", consumer=self.consumer)
+        helpers = [
+            asyncio.create_task(self._every(stop, keys.RETRY_POLL_INTERVAL_S, self._move_due)),
+            asyncio.create_task(self._every(stop, self._reclaim_interval_s, self._reclaim)),
+        ]
+        try:
+            while not stop.is_set():
+                if len(self._tasks) >= self.settings.delivery_concurrency:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                entries = await self.outbox.read(
+                    self.consumer, keys.DELIVERY_READ_COUNT, keys.DELIVERY_BLOCK_MS
+                )
+                self._dispatch(entries)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._finish()
+            log.info("worker_stopped", consumer=self.consumer)
+
+    async def _finish(self) -> None:
+        """Give in-flight requests ``SHUTDOWN_GRACE_S``; cancelled ones put their events back."""
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=keys.SHUTDOWN_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _every(
+        self, stop: asyncio.Event, interval_s: float, job: Callable[[], Awaitable[None]]
+    ) -> None:
+        while not stop.is_set():
+            try:
+                await job()
+            except Exception as exc:  # a Redis blip must not end the loop: log, go on
+                log.warning("background_job_failed", job=job.__name__, error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
+    @property
+    def _reclaim_interval_s(self) -> float:
+        return min(keys.RECLAIM_INTERVAL_S, self.settings.reclaim_idle_s / 2)
+
+    async def _move_due(self) -> None:
+        await self.outbox.move_due()
+
+    async def _reclaim(self) -> None:
+        idle_ms = int(self.settings.reclaim_idle_s * 1000)
+        entries = await self.outbox.reclaim(self.consumer, idle_ms)
+        if entries:
+            log.info("reclaimed", events=len(entries))
+            self._dispatch(entries)
+
+    def _dispatch(self, entries: Sequence[Entry]) -> None:
+        by_pixel: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_pixel.setdefault(entry.pixel, []).append(entry)
+        for pixel, group in by_pixel.items():
+            sizes = [len(e.data) for e in group]
+            for part in chunks(sizes, max_events=self.settings.batch_max_events):
+                task = asyncio.create_task(self._deliver(pixel, group[part.start : part.stop]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Deliver everything queued now (retries included as they fall due); for tests and CLI."""
+        await self.outbox.ensure_group()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self._move_due()
+            entries = await self.outbox.read(self.consumer, keys.DELIVERY_READ_COUNT, 10)
+            self._dispatch(entries)
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            elif not entries and not await self.redis.zcard(keys.RETRY_ZSET):
+                return
+            else:
+                await asyncio.sleep(keys.RETRY_POLL_INTERVAL_S)  # waiting for retries to fall due
+        raise TimeoutError("the queue did not drain in time")
+
+    # --- one request ------------------------------------------------------------------------
+
+    async def _deliver(self, pixel: str, entries: list[Entry]) -> None:
+        settled: set[str] = set()
+        try:
+            async with self._slots:
+                await self._send(pixel, entries, settled)
+        except asyncio.CancelledError:
+            await self._give_back([e for e in entries if e.stream_id not in settled])
+            raise
+        except Exception as exc:  # never lose a batch to a bug or a Redis blip: leave it pending
+            log.error("delivery_failed", pixel=pixel, events=len(entries), error=repr(exc))
+
+    async def _give_back(self, entries: Sequence[Entry]) -> None:
+        """Shutdown: return unsettled entries for immediate pickup (no attempt counted)."""
+        now_ms = int(time.time() * 1000)
+        calls = [
+            self.outbox.retry(e, now_ms, Outcome(message="worker stopped"), now_ms, count=False)
+            for e in entries
+        ]
+        await asyncio.shield(self.outbox.settle(calls))
+
+    async def _send(self, pixel: str, entries: list[Entry], settled: set[str]) -> None:
+        now = time.time()
+        now_ms = int(now * 1000)
+        calls: list[LuaCall] = []
+        route = self.routes(pixel)
+        live: list[Entry] = []
+        sent = await self.outbox.already_sent(entries)
+        for entry, done in zip(entries, sent, strict=True):
+            reason = None
+            if route is None:
+                reason = f"no integration is configured for pixel {pixel}"
+            elif not done:
+                reason = self._unsendable(entry, pixel, now)
+            if done:
+                calls.append(self.outbox.skip_sent(entry))
+                DELIVERY_OUTCOMES.labels("duplicate").inc()
+            elif reason is not None:
+                calls.append(self.outbox.dead(entry, reason, Outcome(), now_ms))
+                DELIVERY_OUTCOMES.labels("dead").inc()
+            else:
+                live.append(entry)
+                continue
+            settled.add(entry.stream_id)
+        await self.outbox.settle(calls)
+        if not live or route is None:
+            return
+        paused = await self.pauses.get(pixel)
+        if paused is not None:
+            if not await self.pauses.claim_probe(pixel, self.settings.paused_probe_s):
+                await self._postpone(
+                    live, now_ms + int(self.settings.paused_probe_s * 1000), settled
+                )
+                return
+            live, rest = live[:1], live[1:]  # one event probes the token
+            await self._postpone(rest, now_ms + int(self.settings.paused_probe_s * 1000), settled)
+        await self._request(pixel, route, live, settled, probing=paused is not None)
+
+    def _unsendable(self, entry: Entry, pixel: str, now: float) -> str | None:
+        if (now * 1000 - entry.received_ms) / 1000 > self.settings.dead_letter_after_s:
+            return f"not delivered within {self.settings.dead_letter_after_s} s of arrival"
+        try:
+            event = orjson.loads(entry.data)
+        except orjson.JSONDecodeError:
+            return "the queued event is not valid JSON"
+        if event.get("event_time", 0) > now:  # clamp: TikTok documents no tolerance
+            event["event_time"] = int(now)
+            entry.data = orjson.dumps(event)
+        if event.get("event_time", 0) < now - self.settings.event_max_age_s:
+            return f"stale: event_time is more than {self.settings.event_max_age_s} s old"
+        problem = event_problem(event, pixel, now)
+        return None if problem is None else f"invalid: {problem}"
+
+    async def _postpone(self, entries: Sequence[Entry], due_ms: int, settled: set[str]) -> None:
+        now_ms = int(time.time() * 1000)
+        outcome = Outcome(message="integration paused: waiting for a working access token")
+        await self.outbox.settle(
+            [self.outbox.retry(e, due_ms, outcome, now_ms, count=False) for e in entries]
+        )
+        settled.update(e.stream_id for e in entries)
+
+    async def _request(
+        self, pixel: str, route: Route, entries: list[Entry], settled: set[str], *, probing: bool
+    ) -> None:
+        integration = route.integration
+        body = build_body(
+            pixel, [e.data for e in entries], test_event_code=integration.test_event_code
+        )
+        await self.limiter.acquire(pixel)
+        for entry in entries:
+            entry.attempts += 1
+        started = time.monotonic()
+        answer = await route.destination.send(body, integration.access_token)
+        DELIVERY_SECONDS.observe(time.monotonic() - started)
+        REQUEST_EVENTS.observe(len(entries))
+        log.info(
+            "batch",
+            pixel=pixel,
+            events=len(entries),
+            verdict=answer.verdict.value,
+            code=answer.code,
+            http_status=answer.http_status,
+            request_id=answer.request_id,
+            elapsed_ms=round(answer.elapsed_ms, 1),
+        )
+        await self._settle(pixel, route, entries, answer, settled, probing=probing)
+
+    async def _settle(
+        self,
+        pixel: str,
+        route: Route,
+        entries: list[Entry],
+        answer: Answer,
+        settled: set[str],
+        *,
+        probing: bool,
+    ) -> None:
+        now_ms = int(time.time() * 1000)
+        outcome = Outcome(answer.http_status, answer.code, answer.message, answer.request_id)
+        verdict = answer.verdict
+        calls: list[LuaCall] = []
+        if verdict is Verdict.DELIVERED:
+            calls = [self.outbox.delivered(e, outcome, now_ms) for e in entries]
+            await self.limiter.succeeded(pixel)
+            if probing and await self.pauses.resume(pixel):
+                log.warning("integration_resumed", pixel=pixel)
+            if pixel in self._failing:
+                self._failing.discard(pixel)
+                await self.outbox.expedite()
+        elif verdict is Verdict.INVALID and len(entries) > 1:
+            half = len(entries) // 2
+            for part in (entries[:half], entries[half:]):
+                await self._request(pixel, route, part, settled, probing=probing)
+            return
+        elif verdict in (Verdict.INVALID, Verdict.REJECTED):
+            calls = [
+                self.outbox.dead(e, f"rejected by TikTok: {answer.message}", outcome, now_ms)
+                for e in entries
+            ]
+        elif verdict is Verdict.AUTH:
+            await self.pauses.pause(pixel, answer, now_ms)
+            log.error(
+                "integration_paused",
+                pixel=pixel,
+                code=answer.code,
+                http_status=answer.http_status,
+                message=answer.message,
+            )
+            due = now_ms + int(self.settings.paused_probe_s * 1000)
+            calls = [self.outbox.retry(e, due, outcome, now_ms, count=False) for e in entries]
+        else:
+            if (
+                verdict is Verdict.THROTTLED
+                and time.monotonic() - self._throttled_at.get(pixel, -9.0) >= 1
+            ):
+                # one slow-down per second: several requests in flight answer the same throttle
+                self._throttled_at[pixel] = time.monotonic()
+                await self.limiter.throttled(pixel)
+            self._failing.add(pixel)
+            calls = [self._retry_or_dead(e, outcome, now_ms) for e in entries]
+        await self.outbox.settle(calls)
+        settled.update(e.stream_id for e in entries)
+        DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
+
+    def _retry_or_dead(self, entry: Entry, outcome: Outcome, now_ms: int) -> LuaCall:
+        ceiling = min(
+            self.settings.retry_cap_s, self.settings.retry_base_s * 2 ** (entry.attempts - 1)
+        )
+        due_ms = now_ms + int(random.uniform(0, ceiling) * 1000)  # full jitter
+        if due_ms - entry.received_ms > self.settings.dead_letter_after_s * 1000:
+            reason = f"gave up after {entry.attempts} attempts: {outcome.message}"
+            return self.outbox.dead(entry, reason, outcome, now_ms)
+        return self.outbox.retry(entry, due_ms, outcome, now_ms)
+
+
+def make_routes(
+    settings: Settings, redis: RedisClient, session: aiohttp.ClientSession
+) -> Callable[[str], Route | None]:
+    """Each configured pixel's integration and destination: TikTok, or the sandbox."""
+    tiktok = TikTokClient(session, settings.tiktok_api_url)
+    sandbox = SandboxDestination(Sandbox(redis))
+    table = {
+        i.pixel_code: Route(i, sandbox if i is SANDBOX else tiktok)
+        for i in Integrations(settings).enabled
+    }
+    return table.get
+
+
+def http_session() -> aiohttp.ClientSession:
+    """The worker's one client session: explicit time-outs, a per-host connection limit."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(
+            total=keys.HTTP_TOTAL_TIMEOUT_S, sock_connect=keys.HTTP_CONNECT_TIMEOUT_S
+        ),
+        connector=aiohttp.TCPConnector(limit_per_host=keys.HTTP_CONNECTIONS_PER_HOST),
+    )
+
+
+async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """Run one delivery worker with its own Redis client and HTTP session until ``stop``."""
+    assert settings.redis_url is not None
+    # a socket time-out above XREADGROUP's block time: an idle read is not an error
+    redis = make_redis(
+        settings.redis_url, RedisOptions(socket_timeout_s=keys.DELIVERY_BLOCK_MS / 1000 + 10)
+    )
+    session = http_session()
+    try:
+        limit = RateLimit(settings.rate_limit_rps, settings.rate_limit_burst)
+        worker = Worker(
+            redis, settings, make_routes(settings, redis, session), RateLimiter(redis, limit)
+        )
+        await worker.run(stop)
+    finally:
+        await session.close()
+        await redis.aclose()

@@ -1,0 +1,391 @@
+"""The delivery side of the queue: read with a consumer group, settle every entry in one script.
+
+Each entry read is settled exactly one way, atomically (XACK + XDEL + receipt + counter in one
+Lua script, all keys under ``{q}``):
+
+* **delivered** — TikTok accepted it: the ``sent`` marker (48 h) is set, so a retry, a reclaim, a
+  replay or a late duplicate of the same ``(pixel, event, event_id)`` is never sent again;
+* **already sent** — found a ``sent`` marker before sending: settled as a duplicate, not sent;
+* **retrying** — moved to the retry sorted set (score = due time, the entry itself in a hash)
+  and brought back into the stream by :meth:`Outbox.move_due` when due;
+* **dead** — appended to the dead-letter stream with the reason and TikTok's last answer.
+
+A worker killed mid-batch leaves its entries pending in the group; :meth:`Outbox.reclaim`
+(XAUTOCLAIM) hands them to a live worker once idle for longer than any send can take.
+Redis 6.2 (the embedded server) and 7.0 are both supported: XAUTOCLAIM's third reply element
+(7.0) is ignored, and entries trimmed under a pending id (never done here) are skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from redis.exceptions import ResponseError
+
+from gateway import keys
+from gateway.connections import Lua, LuaCall, RedisClient, eval_many
+
+_DELIVERED = Lua("""
+-- KEYS: stream, sent marker, receipt, counters
+-- ARGV: stream id, group, sent ttl s, receipt ttl s, then receipt field/value pairs
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) == false then
+  redis.call('HINCRBY', KEYS[4], 'duplicate', 1)
+  return 0
+end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[3], 'state', 'delivered', unpack(fields))
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[4], 'delivered', 1)
+return 1
+""")
+
+_ALREADY_SENT = Lua("""
+-- KEYS: stream, counters
+-- ARGV: stream id, group
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'duplicate', 1)
+return 1
+""")
+
+_RETRY = Lua("""
+-- KEYS: stream, retry zset, retry data hash, receipt, counters
+-- ARGV: stream id, group, dedup id, due ms, entry JSON, receipt ttl s, count it (1/0),
+--       then receipt field/value pairs
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[4], 'state', 'retrying', 'next_try_ms', ARGV[4], unpack(fields))
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[5], 'retried', 1) end
+return 1
+""")
+
+_DEAD = Lua("""
+-- KEYS: stream, dead stream, receipt, counters
+-- ARGV: stream id, group, receipt ttl s, n (dead entry field/value pair count * 2),
+--       dead entry pairs, then receipt pairs
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+local n = tonumber(ARGV[4])
+local entry = {}
+for i = 5, 4 + n do entry[#entry + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], '*', unpack(entry))
+local fields = {}
+for i = 5 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[3], 'state', 'dead', unpack(fields))
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('HINCRBY', KEYS[4], 'dead', 1)
+return 1
+""")
+
+_MOVE_DUE = Lua("""
+-- KEYS: retry zset, retry data hash, stream
+-- ARGV: now ms, at most this many
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local raw = redis.call('HGET', KEYS[2], member)
+  if raw then
+    local entry = cjson.decode(raw)
+    local fields = {}
+    for k, v in pairs(entry) do fields[#fields + 1] = k; fields[#fields + 1] = tostring(v) end
+    redis.call('XADD', KEYS[3], '*', unpack(fields))
+    redis.call('HDEL', KEYS[2], member)
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+""")
+
+_EXPEDITE = Lua("""
+-- KEYS: retry zset; ARGV: now ms, at most this many
+-- bring every scheduled retry forward to now: TikTok answers again, nobody should wait minutes
+local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0,
+  tonumber(ARGV[2]))
+for _, member in ipairs(later) do redis.call('ZADD', KEYS[1], ARGV[1], member) end
+return #later
+""")
+
+ENTRY_FIELDS = (
+    "pixel",
+    "event",
+    "event_id",
+    "source",
+    "received_ms",
+    "data",
+    "attempts",
+    "first_try_ms",
+)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One queued event as the worker sees it."""
+
+    stream_id: str
+    pixel: str
+    event: str
+    event_id: str
+    source: str
+    received_ms: int
+    data: bytes
+    attempts: int = 0
+    first_try_ms: int = 0
+    parsed: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def dedup(self) -> str:
+        """TikTok's dedup identity of the event."""
+        return keys.dedup_id(self.pixel, self.event, self.event_id)
+
+    def as_fields(self) -> dict[str, str]:
+        """The stream fields of the entry (what a retry puts back)."""
+        return {
+            "pixel": self.pixel,
+            "event": self.event,
+            "event_id": self.event_id,
+            "source": self.source,
+            "received_ms": str(self.received_ms),
+            "data": self.data.decode(),
+            "attempts": str(self.attempts),
+            "first_try_ms": str(self.first_try_ms),
+        }
+
+    @classmethod
+    def from_stream(cls, stream_id: bytes, fields: Mapping[bytes, bytes]) -> Entry | None:
+        """An entry from XREADGROUP / XAUTOCLAIM; None for a malformed one."""
+        try:
+            return cls(
+                stream_id=stream_id.decode(),
+                pixel=fields[b"pixel"].decode(),
+                event=fields[b"event"].decode(),
+                event_id=fields[b"event_id"].decode(),
+                source=fields.get(b"source", b"server").decode(),
+                received_ms=int(fields[b"received_ms"]),
+                data=fields[b"data"],
+                attempts=int(fields.get(b"attempts", b"0")),
+                first_try_ms=int(fields.get(b"first_try_ms", b"0")),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """TikTok's answer to the request an entry was in, as the receipt records it."""
+
+    http_status: int | None = None
+    code: int | None = None
+    message: str = ""
+    request_id: str | None = None
+
+    def fields(self) -> list[str]:
+        """Receipt field/value pairs."""
+        pairs = ["message", self.message[:1000]]
+        for name, value in (
+            ("http_status", self.http_status),
+            ("code", self.code),
+            ("request_id", self.request_id),
+        ):
+            pairs += [name, "" if value is None else str(value)]
+        return pairs
+
+
+class Outbox:
+    """The worker's side of the delivery stream."""
+
+    def __init__(self, redis: RedisClient, *, receipt_ttl_s: int = keys.RECEIPT_TTL_S) -> None:
+        self.redis = redis
+        self.receipt_ttl_s = receipt_ttl_s
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (from the stream's start, so nothing queued is skipped)."""
+        try:
+            await self.redis.xgroup_create(
+                keys.EVENTS_STREAM, keys.DELIVERY_GROUP, "0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+        """New entries for this consumer (blocks up to ``block_ms`` when there are none)."""
+        reply = await self.redis.xreadgroup(
+            keys.DELIVERY_GROUP, consumer, {keys.EVENTS_STREAM: ">"}, count=count, block=block_ms
+        )
+        entries: list[Entry] = []
+        for _, items in cast(
+            "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", reply or []
+        ):
+            entries.extend(await self._usable(items))
+        return entries
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 1000) -> list[Entry]:
+        """Entries another (crashed or stuck) consumer left pending longer than ``min_idle_ms``."""
+        start = "0-0"
+        entries: list[Entry] = []
+        while True:
+            reply = await self.redis.xautoclaim(
+                keys.EVENTS_STREAM, keys.DELIVERY_GROUP, consumer, min_idle_ms, start, count=count
+            )
+            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            entries.extend(await self._usable(reply[1]))
+            if start == "0-0" or len(entries) >= count:
+                return entries
+
+    async def _usable(self, items: Sequence[Any]) -> list[Entry]:
+        entries, broken = [], []
+        for stream_id, fields in items:
+            entry = Entry.from_stream(stream_id, fields) if fields else None
+            if entry is None:
+                broken.append(stream_id)
+            else:
+                entries.append(entry)
+        if broken:  # unreadable or trimmed: ack so they do not cycle forever
+            await self.redis.xack(keys.EVENTS_STREAM, keys.DELIVERY_GROUP, *broken)
+        return entries
+
+    async def already_sent(self, entries: Sequence[Entry]) -> list[bool]:
+        """Which entries TikTok already accepted (inside the 48 h window)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in entries:
+            pipe.exists(keys.sent_key(entry.pixel, entry.event, entry.event_id))
+        return [bool(n) for n in await pipe.execute()]
+
+    def _receipt(self, entry: Entry, now_ms: int) -> list[str]:
+        return [
+            "attempts",
+            str(entry.attempts),
+            "first_try_ms",
+            str(entry.first_try_ms or now_ms),
+            "last_try_ms",
+            str(now_ms),
+            "payload",
+            entry.data.decode(),
+        ]
+
+    async def settle(self, calls: Sequence[LuaCall]) -> None:
+        """Run settlement calls built by the methods below in one round trip."""
+        if calls:
+            await eval_many(self.redis, calls)
+
+    def delivered(self, entry: Entry, outcome: Outcome, now_ms: int) -> LuaCall:
+        """Settle an entry TikTok accepted."""
+        return (
+            _DELIVERED,
+            [
+                keys.EVENTS_STREAM,
+                keys.sent_key(entry.pixel, entry.event, entry.event_id),
+                keys.receipt_key(entry.pixel, entry.event, entry.event_id),
+                keys.COUNTERS_HASH,
+            ],
+            [
+                entry.stream_id,
+                keys.DELIVERY_GROUP,
+                keys.IDEMPOTENCY_TTL_S,
+                self.receipt_ttl_s,
+                *self._receipt(entry, now_ms),
+                "delivered_ms",
+                str(now_ms),
+                *outcome.fields(),
+            ],
+        )
+
+    def skip_sent(self, entry: Entry) -> LuaCall:
+        """Settle an entry whose event was already delivered: not sent again."""
+        return (
+            _ALREADY_SENT,
+            [keys.EVENTS_STREAM, keys.COUNTERS_HASH],
+            [entry.stream_id, keys.DELIVERY_GROUP],
+        )
+
+    def retry(
+        self, entry: Entry, due_ms: int, outcome: Outcome, now_ms: int, *, count: bool = True
+    ) -> LuaCall:
+        """Put an entry back for later (``count``: an attempt that failed, not a pause)."""
+        again = Entry(**{**_plain(entry), "first_try_ms": entry.first_try_ms or now_ms})
+        return (
+            _RETRY,
+            [
+                keys.EVENTS_STREAM,
+                keys.RETRY_ZSET,
+                keys.RETRY_DATA_HASH,
+                keys.receipt_key(entry.pixel, entry.event, entry.event_id),
+                keys.COUNTERS_HASH,
+            ],
+            [
+                entry.stream_id,
+                keys.DELIVERY_GROUP,
+                entry.dedup,
+                due_ms,
+                orjson.dumps(again.as_fields()),
+                self.receipt_ttl_s,
+                "1" if count else "0",
+                *self._receipt(entry, now_ms),
+                *outcome.fields(),
+            ],
+        )
+
+    def dead(self, entry: Entry, reason: str, outcome: Outcome, now_ms: int) -> LuaCall:
+        """Dead-letter an entry with the reason and TikTok's last answer."""
+        dead_fields: list[str] = []
+        for name, value in entry.as_fields().items():
+            dead_fields += [name, value]
+        dead_fields += ["reason", reason[:1000], "dead_ms", str(now_ms), *outcome.fields()]
+        return (
+            _DEAD,
+            [
+                keys.EVENTS_STREAM,
+                keys.DEAD_STREAM,
+                keys.receipt_key(entry.pixel, entry.event, entry.event_id),
+                keys.COUNTERS_HASH,
+            ],
+            [
+                entry.stream_id,
+                keys.DELIVERY_GROUP,
+                self.receipt_ttl_s,
+                len(dead_fields),
+                *dead_fields,
+                *self._receipt(entry, now_ms),
+                "reason",
+                reason[:1000],
+                "dead_ms",
+                str(now_ms),
+                *outcome.fields(),
+            ],
+        )
+
+    async def move_due(self, now_ms: int | None = None, limit: int = 1000) -> int:
+        """Bring retries whose time has come back into the stream; how many moved."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        (moved,) = await eval_many(
+            self.redis,
+            [
+                (
+                    _MOVE_DUE,
+                    [keys.RETRY_ZSET, keys.RETRY_DATA_HASH, keys.EVENTS_STREAM],
+                    [now, limit],
+                )
+            ],
+        )
+        return int(moved)
+
+    async def expedite(self, limit: int = 10_000) -> int:
+        """Make every scheduled retry due now (TikTok recovered); how many."""
+        now = int(time.time() * 1000)
+        (moved,) = await eval_many(self.redis, [(_EXPEDITE, [keys.RETRY_ZSET], [now, limit])])
+        return int(moved)
+
+
+def _plain(entry: Entry) -> dict[str, Any]:
+    return {name: getattr(entry, name) for name in Entry.__dataclass_fields__ if name != "parsed"}

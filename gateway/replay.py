@@ -1,0 +1,114 @@
+"""Replaying dead letters: back into the delivery stream with their original ``event_id``.
+
+Dead letters are selected all at once, by event id, or by the time they were dead-lettered
+(``since``/``until``). Each one is moved by one Lua script: read from the dead stream, appended to
+the delivery stream with its attempts reset and a fresh arrival time (so the retry horizon starts
+again), removed from the dead stream, its receipt set back to ``queued`` and the counters moved
+from ``dead`` to ``replayed``. The ``event_id`` is kept, so TikTok deduplicates a replay of an
+event it did accept within 48 hours — and the gateway itself never sends an event again that it
+knows was delivered (the ``sent`` marker). Events older than TikTok attributes are dead-lettered
+again as stale rather than sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import cast
+
+from gateway import keys
+from gateway.connections import Lua, LuaCall, RedisClient, eval_many
+
+_REPLAY = Lua("""
+-- KEYS: dead stream, events stream, counters; ARGV: dead id, now ms, prefix of receipts
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #found == 0 then return 0 end
+local raw = found[1][2]
+local f = {}
+for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+redis.call('XADD', KEYS[2], '*', 'pixel', f.pixel, 'event', f.event, 'event_id', f.event_id,
+  'source', f.source or 'server', 'received_ms', ARGV[2], 'data', f.data, 'attempts', '0',
+  'first_try_ms', '0')
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'dead', -1)
+redis.call('HINCRBY', KEYS[3], 'replayed', 1)
+local receipt = ARGV[3] .. f.pixel .. '\\31' .. f.event .. '\\31' .. f.event_id
+if redis.call('EXISTS', receipt) == 1 then
+  redis.call('HSET', receipt, 'state', 'queued', 'replayed_ms', ARGV[2], 'reason', '')
+end
+return 1
+""")
+
+PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead letter, as listed before a replay."""
+
+    dead_id: str
+    pixel: str
+    event: str
+    event_id: str
+    reason: str
+    dead_ms: int
+
+
+async def dead_letters(
+    redis: RedisClient,
+    *,
+    event_ids: Collection[str] = (),
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> list[DeadLetter]:
+    """The dead letters matching the filter (all when none is given), oldest first."""
+    start = "-" if since_ms is None else str(since_ms)
+    end = "+" if until_ms is None else str(until_ms)
+    found: list[DeadLetter] = []
+    while True:
+        page = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await redis.xrange(keys.DEAD_STREAM, start, end, count=PAGE),
+        )
+        for dead_id, fields in page:
+            text = {k.decode(): v.decode() for k, v in fields.items() if k != b"data"}
+            if event_ids and text.get("event_id") not in event_ids:
+                continue
+            found.append(
+                DeadLetter(
+                    dead_id=dead_id.decode(),
+                    pixel=text.get("pixel", ""),
+                    event=text.get("event", ""),
+                    event_id=text.get("event_id", ""),
+                    reason=text.get("reason", ""),
+                    dead_ms=int(dead_id.split(b"-")[0]),
+                )
+            )
+        if len(page) < PAGE:
+            return found
+        start = "(" + page[-1][0].decode()
+
+
+async def replay(
+    redis: RedisClient,
+    letters: Collection[DeadLetter],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = 200,
+) -> int:
+    """Move ``letters`` back into the delivery stream; how many were moved."""
+    items = list(letters)
+    moved = 0
+    prefix = keys.receipt_key("", "", "").removesuffix("\x1f\x1f")
+    for start in range(0, len(items), batch):
+        now_ms = int(time.time() * 1000)
+        calls: list[LuaCall] = [
+            (_REPLAY, [keys.DEAD_STREAM, keys.EVENTS_STREAM, keys.COUNTERS_HASH],
+             [letter.dead_id, now_ms, prefix])
+            for letter in items[start : start + batch]
+        ]  # fmt: skip
+        moved += sum(int(r) for r in await eval_many(redis, calls))
+        if progress is not None:
+            progress(min(start + batch, len(items)), len(items))
+    return moved
