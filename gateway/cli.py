@@ -238,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_emulator(args)
             return 0
         settings = _settings(args)
-        configure_logging(settings.log_level)
+        # the operator commands print results on stdout; their logs go to stderr
+        servers = args.command in ("run", "serve", "worker")
+        configure_logging(settings.log_level, None if servers else sys.stderr)
         if args.command in ("run", "serve", "worker"):
             with redis_for(settings) as ready:
                 return asyncio.run(

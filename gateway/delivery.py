@@ -132,6 +132,7 @@ class Worker:
         self.pauses = Pauses(redis)
         self._slots = asyncio.Semaphore(settings.delivery_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[str] = set()  # stream ids read by this worker and not settled yet
         self._failing: set[str] = set()
         self._throttled_at: dict[str, float] = {}
 
@@ -144,6 +145,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._every(stop, keys.RETRY_POLL_INTERVAL_S, self._move_due)),
             asyncio.create_task(self._every(stop, self._reclaim_interval_s, self._reclaim)),
+            asyncio.create_task(self._every(stop, self._reclaim_interval_s, self._heartbeat)),
         ]
         try:
             while not stop.is_set():
@@ -187,9 +189,15 @@ class Worker:
     async def _move_due(self) -> None:
         await self.outbox.move_due()
 
+    async def _heartbeat(self) -> None:
+        # a batch may wait for a send slot or the rate limiter longer than the reclaim idle time
+        if self._inflight:
+            await self.outbox.touch(self.consumer, sorted(self._inflight))
+
     async def _reclaim(self) -> None:
         idle_ms = int(self.settings.reclaim_idle_s * 1000)
-        entries = await self.outbox.reclaim(self.consumer, idle_ms)
+        claimed = await self.outbox.reclaim(self.consumer, idle_ms)
+        entries = [e for e in claimed if e.stream_id not in self._inflight]
         if entries:
             log.info("reclaimed", events=len(entries))
             self._dispatch(entries)
@@ -197,6 +205,7 @@ class Worker:
     def _dispatch(self, entries: Sequence[Entry]) -> None:
         by_pixel: dict[str, list[Entry]] = {}
         for entry in entries:
+            self._inflight.add(entry.stream_id)
             by_pixel.setdefault(entry.pixel, []).append(entry)
         for pixel, group in by_pixel.items():
             sizes = [len(e.data) for e in group]
@@ -233,6 +242,8 @@ class Worker:
             raise
         except Exception as exc:  # never lose a batch to a bug or a Redis blip: leave it pending
             log.error("delivery_failed", pixel=pixel, events=len(entries), error=repr(exc))
+        finally:
+            self._inflight.difference_update(e.stream_id for e in entries)
 
     async def _give_back(self, entries: Sequence[Entry]) -> None:
         """Shutdown: return unsettled entries for immediate pickup (no attempt counted)."""

@@ -255,6 +255,14 @@ class Outbox:
             await self.redis.xack(keys.EVENTS_STREAM, keys.DELIVERY_GROUP, *broken)
         return entries
 
+    async def touch(self, consumer: str, stream_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries still in flight here, so nobody reclaims them."""
+        for start in range(0, len(stream_ids), 1000):
+            await self.redis.xclaim(
+                keys.EVENTS_STREAM, keys.DELIVERY_GROUP, consumer, 0,
+                list(stream_ids[start : start + 1000]), justid=True,
+            )  # fmt: skip
+
     async def already_sent(self, entries: Sequence[Entry]) -> list[bool]:
         """Which entries TikTok already accepted (inside the 48 h window)."""
         pipe = self.redis.pipeline(transaction=False)

@@ -241,3 +241,24 @@ async def test_graceful_stop_returns_unsent_events(
             await tiktok.state.wait_for_events(3)
             await settled(redis, 3, "delivered")
         assert tiktok.state.duplicates == 0
+
+
+async def test_batches_waiting_on_the_limiter_are_not_reclaimed_by_others(
+    make_settings: MakeSettings, redis_url: str, redis: Redis
+) -> None:
+    """Waiting longer than the reclaim idle time must not make another worker send it too."""
+    ids = [f"w{i}" for i in range(8)]
+    await enqueue(redis_url, ids)
+    async with running_emulator() as tiktok:
+        env = delivery_env(
+            tiktok, redis_url, TTGW_BATCH_MAX_EVENTS="1", TTGW_RATE_LIMIT_RPS="3",
+            TTGW_RATE_LIMIT_BURST="1", TTGW_RECLAIM_IDLE_S="1",
+        )  # fmt: skip
+        settings = make_settings(**env)
+        async with running_worker(settings), running_worker(settings):
+            await tiktok.state.wait_for_events(8, timeout_s=20)
+            await settled(redis, 8, "delivered")
+        state = tiktok.state
+    assert len(state.requests) == 8  # each event sent once: nothing stolen mid-wait
+    assert state.duplicates == 0
+    assert "duplicate" not in await counters(redis)
