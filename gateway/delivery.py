@@ -39,7 +39,12 @@ from gateway import keys
 from gateway.connections import LuaCall, RedisClient, RedisOptions, make_redis
 from gateway.integrations import SANDBOX, Integrations
 from gateway.logs import get_logger
-from gateway.metrics import DELIVERY_OUTCOMES, DELIVERY_SECONDS, REQUEST_EVENTS
+from gateway.metrics import (
+    DELIVERY_OUTCOMES,
+    DELIVERY_SECONDS,
+    INTEGRATION_PAUSES,
+    REQUEST_EVENTS,
+)
 from gateway.outbox import Entry, Outbox, Outcome
 from gateway.ratelimit import RateLimit, RateLimiter
 from gateway.sandbox import Sandbox
@@ -374,6 +379,7 @@ class Worker:
             ]
         elif verdict is Verdict.AUTH:
             await self.pauses.pause(pixel, answer, now_ms)
+            INTEGRATION_PAUSES.labels(pixel).inc()
             log.error(
                 "integration_paused",
                 pixel=pixel,

@@ -49,3 +49,9 @@ REQUEST_EVENTS = Histogram(
     "Events per Events API request",
     buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000),
 )
+
+INTEGRATION_PAUSES = Counter(
+    "ttgw_integration_pauses_total",
+    "Integrations paused because TikTok refused the token or permission, by pixel",
+    ["pixel"],
+)

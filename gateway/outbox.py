@@ -36,6 +36,7 @@ redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) == false then
   redis.call('HINCRBY', KEYS[4], 'duplicate', 1)
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
   return 0
 end
 local fields = {}
@@ -47,11 +48,16 @@ return 1
 """)
 
 _ALREADY_SENT = Lua("""
--- KEYS: stream, counters
+-- KEYS: stream, counters, receipt
 -- ARGV: stream id, group
 redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'duplicate', 1)
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  -- the sent marker proves an earlier copy was delivered, whatever a later ingest wrote here
+  redis.call('HSET', KEYS[3], 'state', 'delivered')
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+end
 return 1
 """)
 
@@ -313,7 +319,11 @@ class Outbox:
         """Settle an entry whose event was already delivered: not sent again."""
         return (
             _ALREADY_SENT,
-            [keys.EVENTS_STREAM, keys.COUNTERS_HASH],
+            [
+                keys.EVENTS_STREAM,
+                keys.COUNTERS_HASH,
+                keys.receipt_key(entry.pixel, entry.event, entry.event_id),
+            ],
             [entry.stream_id, keys.DELIVERY_GROUP],
         )
 

@@ -27,6 +27,7 @@ _ENQUEUE = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[5], 'accepted', 1)
   redis.call('HINCRBY', KEYS[5], 'duplicate', 1)
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'duplicates', 1) end
   return 0
 end
 local limit = tonumber(ARGV[2])

@@ -5,7 +5,8 @@ every settlement, kept ``TTGW_RECEIPT_TTL_S``: ``state`` (``queued``, ``retrying
 ``delivered``, ``dead`` or ``suppressed``), ``reason``, ``attempts``, ``first_try_ms``,
 ``last_try_ms``, TikTok's ``http_status``, ``code``, ``message`` and ``request_id``, and the
 ``payload`` sent (the event object with hashed identifiers; the access token is never part of
-it). Duplicates are answered at ingest and counted; they do not overwrite the first receipt.
+it). A repeat of the same event (at ingest, or a copy found already delivered before sending)
+does not overwrite the receipt: it is counted in its ``duplicates`` field.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import orjson
 from gateway import keys
 from gateway.connections import RedisClient
 
-INTEGER_FIELDS = ("received_ms", "attempts", "first_try_ms", "last_try_ms", "delivered_ms",
-                  "dead_ms", "next_try_ms", "http_status", "code", "replayed_ms")  # fmt: skip
+INTEGER_FIELDS = (
+    "received_ms", "attempts", "first_try_ms", "last_try_ms", "delivered_ms", "dead_ms",
+    "next_try_ms", "http_status", "code", "replayed_ms", "duplicates",
+)  # fmt: skip
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:

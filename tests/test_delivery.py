@@ -172,6 +172,20 @@ async def test_an_event_is_never_sent_twice_even_if_queued_again(
             await enqueue(redis_url, ["once"])
             await settled(redis, 1, "duplicate")
         assert [e.event_id for e in tiktok.state.accepted] == ["once"]
+    (receipt,) = await receipts_for(redis, "once")
+    assert receipt["state"] == "delivered"
+    assert receipt["duplicates"] == 1
+
+
+async def test_test_event_code_goes_with_every_request(
+    make_settings: MakeSettings, redis_url: str, redis: Redis
+) -> None:
+    await enqueue(redis_url, ["t1", "t2"])
+    async with running_emulator() as tiktok:
+        env = delivery_env(tiktok, redis_url, TTGW_TEST_EVENT_CODE="TEST12345")
+        async with running_worker(make_settings(**env)):
+            await tiktok.state.wait_for_events(2)
+        assert {e.test_event_code for e in tiktok.state.accepted} == {"TEST12345"}
 
 
 async def test_stale_and_invalid_events_are_dead_lettered_not_sent(
