@@ -40,10 +40,9 @@ from yarl import URL
 from gateway.identity import redact_url
 from gateway.tiktok_spec import (
     ACCEPTED_EVENTS,
-    CUSTOM_EVENT_RE,
-    KNOWN_FOLDED,
     PAGEVIEW,
     SUPPORTED_CURRENCIES,
+    event_name_problem,
 )
 
 MAX_EVENTS = 1000
@@ -171,15 +170,9 @@ class NameTable:
             return self.purchase_event if segment == "<purchase>" else segment
         if name in RESERVED_TARGETS:
             return RESERVED_TARGETS[name]
-        known = KNOWN_FOLDED.get(name.casefold())
-        if known is not None:
-            raise FieldError(field_name, f"{name!r} differs from TikTok's {known!r} only in case")
-        if not CUSTOM_EVENT_RE.fullmatch(name):
-            raise FieldError(
-                field_name,
-                f"{name!r} is neither a TikTok or Segment name nor a valid custom name (at most "
-                "50 letters, digits, '_' or '-', starting with a letter)",
-            )
+        problem = event_name_problem(name)
+        if problem is not None:
+            raise FieldError(field_name, problem)
         return name
 
 

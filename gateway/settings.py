@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway import keys
-from gateway.tiktok_spec import ACCEPTED_EVENTS, CUSTOM_EVENT_RE, KNOWN_FOLDED
+from gateway.tiktok_spec import event_name_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -490,13 +490,9 @@ def _integration_from_table(n: int, table: Any) -> Integration:
     ):
         raise SettingsError(f"{where}.event_overrides", "must be a table of name = name strings")
     for target in overrides.values():
-        known = KNOWN_FOLDED.get(target.casefold())
-        if target not in ACCEPTED_EVENTS and (
-            known is not None or not CUSTOM_EVENT_RE.fullmatch(target)
-        ):
-            raise SettingsError(
-                f"{where}.event_overrides", f"{target!r} is not an event name TikTok accepts"
-            )
+        problem = event_name_problem(target)
+        if problem is not None:
+            raise SettingsError(f"{where}.event_overrides", problem)
     enabled = table.get("enabled", True)
     if not isinstance(enabled, bool):
         raise SettingsError(f"{where}.enabled", "must be true or false")

@@ -95,6 +95,24 @@ ACCEPTED_EVENTS = STANDARD_EVENTS | LEGACY_EVENTS | {PAGEVIEW}
 KNOWN_FOLDED = {n.casefold(): n for n in ACCEPTED_EVENTS | RESERVED_EVENTS}
 CUSTOM_EVENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
 
+
+def event_name_problem(name: str) -> str | None:
+    """Why TikTok would refuse ``name`` as an event name (reference §5), or None if it would not."""
+    if name in ACCEPTED_EVENTS:
+        return None
+    if name in RESERVED_EVENTS:
+        return f"{name!r} is a reserved event name and cannot be a custom event"
+    known = KNOWN_FOLDED.get(name.casefold())
+    if known is not None:
+        return f"{name!r} differs only in case from {known!r}; names are case-sensitive"
+    if not CUSTOM_EVENT_RE.fullmatch(name):
+        return (
+            f"{name!r} is not a valid custom event name (at most 50 letters, "
+            "digits, '_' or '-', starting with a letter)"
+        )
+    return None
+
+
 SUPPORTED_CURRENCIES = frozenset(
     {  # reference §2.4, TikTok's supported list
         "AED",
@@ -395,20 +413,9 @@ _PROPERTY_FIELDS["contents"] = _contents
 
 
 def _check_event_name(value: object, path: str) -> None:
-    name = _as_str(value, path)
-    if name in ACCEPTED_EVENTS:
-        return
-    if name in RESERVED_EVENTS:
-        raise _bad(path, f"{name!r} is a reserved event name and cannot be a custom event")
-    known = KNOWN_FOLDED.get(name.casefold())
-    if known is not None:
-        raise _bad(path, f"{name!r} differs only in case from {known!r}; names are case-sensitive")
-    if not CUSTOM_EVENT_RE.fullmatch(name):
-        raise _bad(
-            path,
-            f"{name!r} is not a valid custom event name (at most 50 letters, "
-            "digits, '_' or '-', starting with a letter)",
-        )
+    problem = event_name_problem(_as_str(value, path))
+    if problem is not None:
+        raise _bad(path, problem)
 
 
 def _check_event_time(value: object, path: str, config: Limits, now: float) -> None:
