@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway import __version__, collect, keys, landing
+from gateway import __version__, collect, collector, keys, landing
 from gateway.appkeys import HTTP, INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, VISITORS
 from gateway.connections import RedisOptions, make_redis
 from gateway.cookies import CookieSigner
@@ -122,5 +122,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     collect.add_routes(app)
+    collector.add_routes(app)
     landing.add_routes(app)
     return app
