@@ -24,6 +24,7 @@ from gateway.cookies import CookieSigner
 from gateway.integrations import Integrations
 from gateway.logs import get_logger
 from gateway.metrics import metrics_handler
+from gateway.proxy import PREFIX, ProxyConfig, create_proxy_app
 from gateway.queue import IngestQueue
 from gateway.settings import Settings
 from gateway.visitors import VisitorStore
@@ -124,4 +125,10 @@ def create_app(settings: Settings) -> web.Application:
     collect.add_routes(app)
     collector.add_routes(app)
     landing.add_routes(app)
+    app.add_subapp(
+        PREFIX,
+        create_proxy_app(
+            ProxyConfig(upstream=settings.pixel_origin, trusted_proxies=settings.trusted_proxies)
+        ),
+    )
     return app

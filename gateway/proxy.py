@@ -208,14 +208,6 @@ class _Refusal(Exception):
         )
 
 
-def _not_proxied() -> _Refusal:
-    return _Refusal(404, "not proxied", "path")
-
-
-def _unavailable() -> _Refusal:
-    return _Refusal(502, "pixel origin unavailable", None)
-
-
 class _Kind(enum.Enum):
     SCRIPT = "script"
     BEACON = "beacon"
@@ -310,7 +302,7 @@ async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes | Non
 def _failed(reason: str, path: str, **details: object) -> _Refusal:
     UPSTREAM_FAILURES.labels(reason=reason).inc()
     log.warning("pixel origin unavailable", reason=reason, upstream_path=path, **details)
-    return _unavailable()
+    return _Refusal(502, "pixel origin unavailable", None)
 
 
 async def _fetch(request: web.Request, path: str, query: str, body: bytes | None) -> UpstreamAnswer:
@@ -398,7 +390,7 @@ async def proxy_handler(request: web.Request) -> web.Response:
     try:
         route = _route(request.method, request.rel_url.raw_path)
         if route is None:
-            raise _not_proxied()
+            raise _Refusal(404, "not proxied", "path")
         kind, path = route
         if kind is _Kind.SCRIPT:
             return await _script(request, path)

@@ -108,6 +108,7 @@ class Settings:
     reclaim_idle_s: float = keys.RECLAIM_IDLE_S
     batch_max_events: int = keys.BATCH_MAX_EVENTS
     paused_probe_s: float = keys.PAUSED_PROBE_INTERVAL_S
+    pixel_origin: str = "https://analytics.tiktok.com"
     generated_secrets: tuple[str, ...] = ()
 
     @property
@@ -231,6 +232,9 @@ class Settings:
                 0.1,
                 3600,
             ),
+            pixel_origin=_origin(
+                "TTGW_PIXEL_ORIGIN", get("TTGW_PIXEL_ORIGIN") or "https://analytics.tiktok.com"
+            ),
             generated_secrets=generated,
         )
 
@@ -319,6 +323,13 @@ def _redis_url(raw: str | None) -> str | None:
     if parts.scheme.endswith("+sentinel") and not parts.path.strip("/"):
         raise SettingsError("TTGW_REDIS_URL", "a sentinel URL needs the service name as its path")
     return raw
+
+
+def _origin(variable: str, raw: str) -> str:
+    parts = urlsplit(raw.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise SettingsError(variable, f"must be an origin like https://host[:port], got {raw!r}")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _api_url(raw: str) -> str:

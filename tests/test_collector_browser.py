@@ -1,4 +1,4 @@
-"""c.js in real Chromium: a storefront page with TikTok's base code, the gateway and the emulator."""
+"""c.js in real Chromium: a storefront with TikTok's base code, the gateway, the emulator."""
 
 from __future__ import annotations
 
@@ -176,3 +176,37 @@ async def test_the_collector_is_small_cached_and_compressed(
         async with http.get(url, headers={"If-None-Match": etag}) as cached:
             assert cached.status == 304
         assert brotli_size <= 1536
+
+
+async def test_mirror_mode_gives_the_pixel_and_the_gateway_the_same_event_ids(
+    make_settings: MakeSettings, redis_url: str, redis: Redis
+) -> None:
+    async with storefront_stack(make_settings, redis_url) as stack, chromium() as browser:
+        url = stack.serve(
+            "/mirror",
+            """ttq.page();
+            ttq.track('AddToCart', {value: 1, currency: 'USD'});
+            ttq.track('Purchase', {order_id: 99, value: 5, currency: 'USD'});""",
+            script="c.js?mode=mirror",
+        )
+        page = await browser.new_page()
+        stack.watch(page)
+        await page.goto(f"{url}?ttclid={TTCLID}")
+        await page.wait_for_function("window.__pixelLoaded === true")  # through the /tt/ proxy
+        await page.evaluate("""
+            ttq.track('ViewContent', {value: 2, currency: 'USD'}, {event_id: 'given-1'});
+            ttq.track('Lead', {});""")
+        pixel_calls = await page.evaluate("window.__pixel")
+        pixel_ids = [call[3]["event_id"] for call in pixel_calls if call[0] == "track"]
+        assert len(pixel_ids) == 4 and all(pixel_ids)
+        assert pixel_ids[1] == "ord_99" and pixel_ids[2] == "given-1"
+        assert ["page"] in pixel_calls  # the pixel still sends its own Pageview
+        events = await stack.tiktok.state.wait_for_events(4)
+        assert sorted(e.event_id or "" for e in events) == sorted(pixel_ids)
+        assert "Pageview" not in {e.event for e in events}  # no uncountable server copy
+        assert all(e.payload["user"]["ttclid"] == TTCLID for e in events)
+        gateway_script = await page.evaluate(
+            "[...document.scripts].map(s => s.src).find(s => s.includes('/tt/'))"
+        )
+        assert gateway_script.startswith(stack.gateway_url + "/tt/i18n/pixel/events.js?sdkid=")
+    assert stack.console_errors == []

@@ -106,12 +106,12 @@
 
   function call(args) {
     const method = api[args[0]];
-    // track's options object is shared with the pixel's copy of the call, ids included
-    if (method) args[2] = method.apply(0, args.slice(1)) || args[2];
+    if (method) method.apply(0, args.slice(1));
   }
 
   const pending = ttq.slice();
   Object.keys(ttq._i || {}).forEach((id) => pending.push(...(ttq._i[id] || [])));
+  // track fills in the options object the pixel will read from the same queue entry
   pending.forEach((args) => {
     if (args[0] === 'track') args[3] = track(args[1], args[2], args[3]);
     else call(args);
