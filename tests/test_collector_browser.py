@@ -210,3 +210,38 @@ async def test_mirror_mode_gives_the_pixel_and_the_gateway_the_same_event_ids(
         )
         assert gateway_script.startswith(stack.gateway_url + "/tt/i18n/pixel/events.js?sdkid=")
     assert stack.console_errors == []
+
+
+async def test_a_failed_post_is_retried_and_leaving_the_page_flushes_by_beacon(
+    make_settings: MakeSettings, redis_url: str, redis: Redis
+) -> None:
+    async with storefront_stack(make_settings, redis_url) as stack, chromium() as browser:
+        url = stack.serve("/flaky", "")
+        page = await browser.new_page()
+        stack.watch(page)
+        failures: list[str] = []
+
+        async def fail_once(route) -> None:  # type: ignore[no-untyped-def]
+            if route.request.method == "POST" and not failures:
+                failures.append(route.request.url)
+                await route.abort("connectionreset")
+            else:
+                await route.continue_()
+
+        await page.route(f"{stack.gateway_url}/e", fail_once)
+        await page.goto(url)
+        await page.wait_for_function("typeof ttq.track === 'function' && ttq._ttgw")
+        await page.evaluate(
+            "ttq.track('AddToCart', {value: 1, currency: 'USD'}, {event_id: 'retry-1'})"
+        )
+        (event,) = await stack.tiktok.state.wait_for_events(1)
+        assert event.event_id == "retry-1"
+        assert len(failures) == 1  # the first attempt really failed
+        stack.console_errors.clear()  # the aborted request is logged by Chromium itself
+        # leaving the page before the 50 ms batch timer: the beacon carries it
+        await page.evaluate("""ttq.track('Lead', {}, {event_id: 'beacon-1'});
+            window.dispatchEvent(new Event('pagehide'));""")
+        assert {"beacon": True} in await sent(page)
+        events = await stack.tiktok.state.wait_for_events(2)
+        assert "beacon-1" in {e.event_id for e in events}
+    assert stack.console_errors == []
