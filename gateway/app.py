@@ -18,10 +18,11 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import __version__, collect, collector, keys, landing
-from gateway.appkeys import HTTP, INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, VISITORS
+from gateway.admin import create_admin_app
+from gateway.appkeys import HTTP, INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, STORE, VISITORS
 from gateway.connections import RedisOptions, make_redis
 from gateway.cookies import CookieSigner
-from gateway.integrations import Integrations
+from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
 from gateway.metrics import metrics_handler
 from gateway.proxy import PREFIX, ProxyConfig, create_proxy_app
@@ -77,7 +78,13 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[INGEST] = IngestQueue(client)
     app[VISITORS] = VisitorStore(client)
+    app[STORE] = store = IntegrationStore(client, TokenBox(settings.secret_key))
+    stop = asyncio.Event()
+    # integrations changed through the admin API reach this process within seconds
+    refresher = asyncio.create_task(keep_fresh(app[INTEGRATIONS], store, stop))
     yield
+    stop.set()
+    await asyncio.gather(refresher, return_exceptions=True)
     await client.aclose()
 
 
@@ -125,6 +132,7 @@ def create_app(settings: Settings) -> web.Application:
     collect.add_routes(app)
     collector.add_routes(app)
     landing.add_routes(app)
+    app.add_subapp("/v1/admin", create_admin_app())
     app.add_subapp(
         PREFIX,
         create_proxy_app(

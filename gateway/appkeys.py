@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway.connections import RedisClient
 from gateway.cookies import CookieSigner
-from gateway.integrations import Integrations
+from gateway.integrations import Integrations, IntegrationStore
 from gateway.queue import IngestQueue
 from gateway.settings import Settings
 from gateway.visitors import VisitorStore
@@ -19,3 +19,4 @@ SIGNER: web.AppKey[CookieSigner] = web.AppKey("signer", CookieSigner)
 INTEGRATIONS: web.AppKey[Integrations] = web.AppKey("integrations", Integrations)
 INGEST: web.AppKey[IngestQueue] = web.AppKey("ingest", IngestQueue)
 VISITORS: web.AppKey[VisitorStore] = web.AppKey("visitors", VisitorStore)
+STORE: web.AppKey[IntegrationStore] = web.AppKey("integration_store", IntegrationStore)

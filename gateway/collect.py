@@ -11,6 +11,7 @@ Redis is unreachable, full (``noeviction`` out of memory) or the queue holds
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import keys
-from gateway.appkeys import INGEST, INTEGRATIONS, SETTINGS, SIGNER, VISITORS
+from gateway.appkeys import INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, VISITORS
 from gateway.browser import BrowserRequest, read_browser, set_cookie_headers
 from gateway.consent import decide
 from gateway.cors import allowed_origin, cors_headers, preflight
@@ -35,9 +36,10 @@ from gateway.events import (
 )
 from gateway.ingest import HashedUser, Origin, build_event, click_from_page, encode, hash_user
 from gateway.logs import get_logger
-from gateway.metrics import CLICKS_CAPTURED, EVENTS_INGESTED, EVENTS_REJECTED
-from gateway.queue import Outgoing, QueueFull
+from gateway.metrics import CLICKS_CAPTURED, EVENTS_INGESTED, EVENTS_REJECTED, MATCH_KEYS_SEEN
+from gateway.queue import Outgoing, QueueFull, Status
 from gateway.settings import Integration
+from gateway.stats import count_flow, present_keys
 from gateway.visitors import Session, StitchRequest
 
 log = get_logger("gateway.collect")
@@ -168,9 +170,16 @@ async def _queue(
             )
         except QueueFull as exc:
             raise Problem(503, str(exc) + "; retry later", None, retry=True) from None
-        for entry, status in zip(tracked, statuses, strict=True):
+        for entry, status, item in zip(tracked, statuses, outgoing, strict=True):
             entry["status"] = status.value
             EVENTS_INGESTED.labels(status.value, origin.source).inc()
+            if status is Status.QUEUED:
+                MATCH_KEYS_SEEN.labels(item.event, "total").inc()
+                for key in present_keys(orjson.loads(item.data)):
+                    MATCH_KEYS_SEEN.labels(item.event, key).inc()
+        queued = sum(1 for s in statuses if s is Status.QUEUED)
+        with contextlib.suppress(RedisError, OSError):  # a chart may miss a count, not an event
+            await count_flow(request.app[REDIS], {"accepted": queued})
     answers.sort(key=lambda a: int(a["index"]))
     return answers
 

@@ -7,13 +7,16 @@ import sys
 import time
 import uuid
 from datetime import datetime
+from typing import Any
 
+import aiohttp
 import orjson
 
-from gateway.connections import make_redis
+from gateway.connections import RedisClient, make_redis
 from gateway.delivery import http_session, make_routes
+from gateway.integrations import Integrations, IntegrationStore, TokenBox
 from gateway.replay import dead_letters, replay
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Integration, Settings, SettingsError
 from gateway.tiktok import build_body
 
 
@@ -65,46 +68,65 @@ async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
         await redis.aclose()
 
 
-async def send_test(settings: Settings, args: argparse.Namespace) -> int:
-    """``tt-gateway send-test``: one test event straight to TikTok; print its answer."""
-    from gateway.integrations import Integrations
-
-    integrations = Integrations(settings).enabled
-    chosen = [i for i in integrations if args.pixel in (None, i.pixel_code)]
-    if not chosen:
-        raise SettingsError("--pixel", f"no integration has pixel {args.pixel}")
-    integration = chosen[0]
-    code = args.test_event_code or integration.test_event_code
-    if code is None and not settings.sandbox:
-        raise SettingsError(
-            "TTGW_TEST_EVENT_CODE",
-            "send-test needs a test event code (Events Manager > Test events), "
-            "or --test-event-code",
-        )
+async def send_test_event(
+    settings: Settings,
+    registry: Integrations,
+    redis: RedisClient,
+    session: aiohttp.ClientSession,
+    integration: Integration,
+    test_event_code: str | None,
+) -> dict[str, Any]:
+    """Send one ViewContent test event straight to the integration's destination."""
     host = integration.hostnames[0] if integration.hostnames else "example.com"
+    event_id = f"ttgw-test-{uuid.uuid4()}"
     event = {
         "event": "ViewContent",
         "event_time": int(time.time()),
-        "event_id": f"ttgw-test-{uuid.uuid4()}",
+        "event_id": event_id,
         "user": {"ip": "203.0.113.1", "user_agent": "tt-gateway send-test"},
         "properties": {"content_type": "product", "content_ids": ["ttgw-test"]},
         "page": {"url": f"https://{host}/"},
         "limited_data_use": False,
     }
-    body = build_body(integration.pixel_code, [orjson.dumps(event)], test_event_code=code)
+    body = build_body(
+        integration.pixel_code, [orjson.dumps(event)], test_event_code=test_event_code
+    )
+    route = make_routes(settings, redis, session, registry)(integration.pixel_code)
+    assert route is not None
+    answer = await route.destination.send(body, integration.access_token)
+    return {
+        "pixel": integration.pixel_code,
+        "test_event_code": test_event_code,
+        "event_id": event_id,
+        "verdict": answer.verdict.value,
+        "http_status": answer.http_status,
+        "code": answer.code,
+        "message": answer.message,
+        "request_id": answer.request_id,
+    }
+
+
+async def send_test(settings: Settings, args: argparse.Namespace) -> int:
+    """``tt-gateway send-test``: one test event straight to TikTok; print its answer."""
     assert settings.redis_url is not None
     redis = make_redis(settings.redis_url)
     session = http_session()
     try:
-        route = make_routes(settings, redis, session)(integration.pixel_code)
-        assert route is not None
-        answer = await route.destination.send(body, integration.access_token)
+        registry = Integrations(settings)
+        await registry.refresh(IntegrationStore(redis, TokenBox(settings.secret_key)), force=True)
+        chosen = [i for i in registry.enabled if args.pixel in (None, i.pixel_code)]
+        if not chosen:
+            raise SettingsError("--pixel", f"no integration has pixel {args.pixel}")
+        code = args.test_event_code or chosen[0].test_event_code
+        if code is None and not registry.sandbox:
+            raise SettingsError(
+                "TTGW_TEST_EVENT_CODE",
+                "send-test needs a test event code (Events Manager > Test events), "
+                "or --test-event-code",
+            )
+        answer = await send_test_event(settings, registry, redis, session, chosen[0], code)
     finally:
         await session.close()
         await redis.aclose()
-    print(orjson.dumps({
-        "pixel": integration.pixel_code, "test_event_code": code, "event_id": event["event_id"],
-        "verdict": answer.verdict.value, "http_status": answer.http_status, "code": answer.code,
-        "message": answer.message, "request_id": answer.request_id,
-    }, option=orjson.OPT_INDENT_2).decode())  # fmt: skip
-    return 0 if answer.verdict.value == "delivered" else 1
+    print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    return 0 if answer["verdict"] == "delivered" else 1

@@ -37,18 +37,20 @@ from redis.typing import EncodableT, FieldT
 
 from gateway import keys
 from gateway.connections import LuaCall, RedisClient, RedisOptions, make_redis
-from gateway.integrations import SANDBOX, Integrations
+from gateway.integrations import SANDBOX, Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
 from gateway.metrics import (
     DELIVERY_OUTCOMES,
     DELIVERY_SECONDS,
     INTEGRATION_PAUSES,
+    RATE_LIMIT_WAIT_SECONDS,
     REQUEST_EVENTS,
 )
 from gateway.outbox import Entry, Outbox, Outcome
 from gateway.ratelimit import RateLimit, RateLimiter
 from gateway.sandbox import Sandbox
 from gateway.settings import Integration, Settings
+from gateway.stats import count_coverage, count_flow
 from gateway.tiktok import (
     Answer,
     Destination,
@@ -266,15 +268,17 @@ class Worker:
         route = self.routes(pixel)
         live: list[Entry] = []
         sent = await self.outbox.already_sent(entries)
+        unknown = Outcome(message=f"no enabled integration for pixel {pixel}")
         for entry, done in zip(entries, sent, strict=True):
-            reason = None
-            if route is None:
-                reason = f"no integration is configured for pixel {pixel}"
-            elif not done:
-                reason = self._unsendable(entry, pixel, now)
+            reason = None if done or route is None else self._unsendable(entry, pixel, now)
             if done:
                 calls.append(self.outbox.skip_sent(entry))
                 DELIVERY_OUTCOMES.labels("duplicate").inc()
+            elif route is None:
+                # just created through the admin API (this worker reloads within seconds), or
+                # disabled: keep it, with backoff, until it is deliverable or its horizon passes
+                entry.attempts += 1
+                calls.append(self._retry_or_dead(entry, unknown, now_ms))
             elif reason is not None:
                 calls.append(self.outbox.dead(entry, reason, Outcome(), now_ms))
                 DELIVERY_OUTCOMES.labels("dead").inc()
@@ -326,7 +330,7 @@ class Worker:
         body = build_body(
             pixel, [e.data for e in entries], test_event_code=integration.test_event_code
         )
-        await self.limiter.acquire(pixel)
+        RATE_LIMIT_WAIT_SECONDS.observe(await self.limiter.acquire(pixel))
         for entry in entries:
             entry.attempts += 1
         started = time.monotonic()
@@ -402,6 +406,22 @@ class Worker:
         await self.outbox.settle(calls)
         settled.update(e.stream_id for e in entries)
         DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
+        await self._chart(verdict, entries, calls)
+
+    async def _chart(self, verdict: Verdict, entries: list[Entry], calls: list[LuaCall]) -> None:
+        """Feed the operator's time series; best effort, after the events are settled."""
+        dead = sum(1 for call in calls if call[0] is self.outbox.dead_script)
+        counts = (
+            {"delivered": len(entries)}
+            if verdict is Verdict.DELIVERED
+            else {"retried": len(calls) - dead, "dead": dead}
+        )
+        try:
+            await count_flow(self.redis, counts)
+            if verdict is Verdict.DELIVERED:
+                await count_coverage(self.redis, (orjson.loads(e.data) for e in entries))
+        except Exception as exc:
+            log.warning("stats_failed", error=type(exc).__name__)
 
     def _retry_or_dead(self, entry: Entry, outcome: Outcome, now_ms: int) -> LuaCall:
         ceiling = min(
@@ -415,16 +435,23 @@ class Worker:
 
 
 def make_routes(
-    settings: Settings, redis: RedisClient, session: aiohttp.ClientSession
+    settings: Settings,
+    redis: RedisClient,
+    session: aiohttp.ClientSession,
+    registry: Integrations | None = None,
 ) -> Callable[[str], Route | None]:
-    """Each configured pixel's integration and destination: TikTok, or the sandbox."""
+    """Each pixel's integration (as the registry knows it now) and destination."""
     tiktok = TikTokClient(session, settings.tiktok_api_url)
     sandbox = SandboxDestination(Sandbox(redis))
-    table = {
-        i.pixel_code: Route(i, sandbox if i is SANDBOX else tiktok)
-        for i in Integrations(settings).enabled
-    }
-    return table.get
+    integrations = registry or Integrations(settings)
+
+    def route(pixel: str) -> Route | None:
+        integration = integrations.by_pixel(pixel)
+        if integration is None:
+            return None
+        return Route(integration, sandbox if integration is SANDBOX else tiktok)
+
+    return route
 
 
 def http_session() -> aiohttp.ClientSession:
@@ -445,12 +472,17 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
         settings.redis_url, RedisOptions(socket_timeout_s=keys.DELIVERY_BLOCK_MS / 1000 + 10)
     )
     session = http_session()
+    registry = Integrations(settings)
+    store = IntegrationStore(redis, TokenBox(settings.secret_key))
+    refresher = asyncio.create_task(keep_fresh(registry, store, stop))
     try:
+        await registry.refresh(store, force=True)
         limit = RateLimit(settings.rate_limit_rps, settings.rate_limit_burst)
-        worker = Worker(
-            redis, settings, make_routes(settings, redis, session), RateLimiter(redis, limit)
-        )
+        routes = make_routes(settings, redis, session, registry)
+        worker = Worker(redis, settings, routes, RateLimiter(redis, limit))
         await worker.run(stop)
     finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
         await session.close()
         await redis.aclose()

@@ -55,3 +55,15 @@ INTEGRATION_PAUSES = Counter(
     "Integrations paused because TikTok refused the token or permission, by pixel",
     ["pixel"],
 )
+
+MATCH_KEYS_SEEN = Counter(
+    "ttgw_match_keys_total",
+    "Queued events by event name and match key present (email, phone, external_id, ttclid, ttp, "
+    "ip, user_agent; 'total' counts every queued event)",
+    ["event", "key"],
+)
+RATE_LIMIT_WAIT_SECONDS = Histogram(
+    "ttgw_rate_limit_wait_seconds",
+    "Time a request waited for the shared rate limiter",
+    buckets=(0, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+)

@@ -210,6 +210,8 @@ class Outcome:
 class Outbox:
     """The worker's side of the delivery stream."""
 
+    dead_script = _DEAD  # lets callers tell dead-letter calls from the others
+
     def __init__(self, redis: RedisClient, *, receipt_ttl_s: int = keys.RECEIPT_TTL_S) -> None:
         self.redis = redis
         self.receipt_ttl_s = receipt_ttl_s

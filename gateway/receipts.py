@@ -24,7 +24,8 @@ INTEGER_FIELDS = (
 )  # fmt: skip
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+def decode_receipt(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """A receipt hash as a dict, numbers as ints and the payload parsed."""
     receipt: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
     for name in INTEGER_FIELDS:
         value = receipt.get(name)
@@ -42,7 +43,7 @@ async def receipts_for(redis: RedisClient, event_id: str) -> list[dict[str, Any]
     for member in members:
         pixel, event, eid = member.split("\x1f", 2)
         pipe.hgetall(keys.receipt_key(pixel, event, eid))
-    found = [_decode(raw) for raw in await pipe.execute() if raw]
+    found = [decode_receipt(raw) for raw in await pipe.execute() if raw]
     return sorted(found, key=lambda r: r.get("received_ms") or 0)
 
 

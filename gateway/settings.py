@@ -109,6 +109,7 @@ class Settings:
     batch_max_events: int = keys.BATCH_MAX_EVENTS
     paused_probe_s: float = keys.PAUSED_PROBE_INTERVAL_S
     pixel_origin: str = "https://analytics.tiktok.com"
+    coverage_drop_alert: float = 0.3
     generated_secrets: tuple[str, ...] = ()
 
     @property
@@ -234,6 +235,9 @@ class Settings:
             ),
             pixel_origin=_origin(
                 "TTGW_PIXEL_ORIGIN", get("TTGW_PIXEL_ORIGIN") or "https://analytics.tiktok.com"
+            ),
+            coverage_drop_alert=_decimal(
+                "TTGW_COVERAGE_DROP_ALERT", get("TTGW_COVERAGE_DROP_ALERT") or "0.3", 0.01, 1
             ),
             generated_secrets=generated,
         )

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from gateway.connections import make_redis
 from gateway.delivery import Worker, make_routes
 from gateway.emulator import EmulatorConfig, EmulatorState, serve_emulator
+from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.queue import IngestQueue, Outgoing
 from gateway.ratelimit import RateLimit, RateLimiter
 from gateway.settings import Settings
@@ -97,14 +98,19 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
     redis: Redis = make_redis(settings.redis_url)  # type: ignore[assignment]
     session = aiohttp.ClientSession()
     limiter = RateLimiter(redis, RateLimit(settings.rate_limit_rps, settings.rate_limit_burst))
-    worker = Worker(redis, settings, make_routes(settings, redis, session), limiter)
+    registry = Integrations(settings)
+    store = IntegrationStore(redis, TokenBox(settings.secret_key))
+    await registry.refresh(store, force=True)
+    worker = Worker(redis, settings, make_routes(settings, redis, session, registry), limiter)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
+    refresher = asyncio.create_task(keep_fresh(registry, store, stop))
     try:
         yield worker
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+        await refresher
         await session.close()
         await redis.aclose()
 
