@@ -5,8 +5,16 @@ Counters carry no identifiers and no user data: only event names, reasons and ke
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from redis.exceptions import RedisError
+
+from gateway import keys
+from gateway.appkeys import REDIS
+from gateway.connections import RedisClient
 
 EVENTS_INGESTED = Counter(
     "ttgw_events_ingested_total",
@@ -27,7 +35,9 @@ CLICKS_CAPTURED = Counter(
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    """``GET /metrics`` in Prometheus' text format."""
+    """``GET /metrics`` in Prometheus' text format (queue gauges sampled at scrape time)."""
+    with contextlib.suppress(RedisError, OSError):  # in an outage, the counters still count
+        await sample_queue(request.app[REDIS])
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
@@ -67,3 +77,30 @@ RATE_LIMIT_WAIT_SECONDS = Histogram(
     "Time a request waited for the shared rate limiter",
     buckets=(0, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
 )
+
+QUEUE_DEPTH = Gauge("ttgw_queue_depth", "Events waiting in the delivery stream")
+QUEUE_OLDEST_AGE = Gauge(
+    "ttgw_queue_oldest_age_seconds", "Age of the oldest event in the delivery stream (0 if none)"
+)
+QUEUE_RETRYING = Gauge("ttgw_queue_retrying", "Events scheduled for a retry")
+QUEUE_DEAD = Gauge("ttgw_queue_dead_letters", "Events in the dead-letter stream")
+INTEGRATIONS_PAUSED = Gauge(
+    "ttgw_integrations_paused", "Integrations paused for token or permission errors"
+)
+
+
+async def sample_queue(redis: RedisClient) -> None:
+    """Refresh the queue gauges from Redis (the web process does it every few seconds)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.xlen(keys.EVENTS_STREAM)
+    pipe.zcard(keys.RETRY_ZSET)
+    pipe.xlen(keys.DEAD_STREAM)
+    pipe.hlen(keys.PAUSED_HASH)
+    pipe.xrange(keys.EVENTS_STREAM, count=1)
+    depth, retrying, dead, paused, first = await pipe.execute()
+    QUEUE_DEPTH.set(depth)
+    QUEUE_RETRYING.set(retrying)
+    QUEUE_DEAD.set(dead)
+    INTEGRATIONS_PAUSED.set(paused)
+    oldest_ms = int(first[0][0].split(b"-")[0]) if first else None
+    QUEUE_OLDEST_AGE.set(max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0)

@@ -188,3 +188,65 @@ async def test_send_test_sends_one_test_event_and_prints_the_answer(
         missing = processes.start({**env, "TTGW_TEST_EVENT_CODE": ""}, "send-test")
         assert await exited(missing) == 2
         assert "TTGW_TEST_EVENT_CODE" in processes.output(missing)
+
+
+async def test_logs_and_metrics_of_a_real_run_hold_no_secret_or_contact_data(
+    processes: Processes, redis_url: str, redis: Redis
+) -> None:
+    import aiohttp
+
+    raw_email, raw_phone = "Secret.Buyer@Example.org", "+33 6 11 22 33 44"
+    async with running_emulator() as tiktok:
+        env = delivery_env(
+            tiktok,
+            redis_url,
+            TTGW_PORT="0",
+            TTGW_ADMIN_TOKEN="admin-token-0000-secret",
+            TTGW_WRITE_KEY="write-key-0000-secret",
+        )
+        run = processes.start(env, "run")
+        await wait_until(lambda: "listening on" in processes.output(run))
+        port = int(processes.output(run).split("listening on http://127.0.0.1:")[1].split()[0])
+        base = f"http://127.0.0.1:{port}"
+        user = {"email": raw_email, "phone": raw_phone}
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"{base}/e", json={"event": "Purchase", "event_id": "l1", "user": user})
+            await http.post(
+                f"{base}/v1/track",
+                json={"event": "Lead", "event_id": "l2", "user": user},
+                headers={"Authorization": "Bearer write-key-0000-secret"},
+            )
+            await http.post(
+                f"{base}/v1/track",
+                json={"event": "Lead"},
+                headers={"Authorization": "Bearer wrong-write-key"},
+            )
+            await tiktok.state.wait_for_events(2)
+            await wait_until(lambda: _delivered(redis, 2))
+            async with http.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+        run.send_signal(signal.SIGTERM)
+        assert await exited(run) == 0
+    lines = [line for line in processes.output(run).splitlines() if line.startswith("{")]
+    records = [orjson.loads(line) for line in lines]
+    assert any(
+        r.get("event") == "request" and r.get("path") == "/e" and r.get("request_id")
+        for r in records
+    )
+    assert any(r.get("event") == "batch" and r.get("pixel") == PIXEL for r in records)
+    logs = "\n".join(lines)
+    for secret in (
+        env["TTGW_ACCESS_TOKEN"],
+        "admin-token-0000-secret",
+        "write-key-0000-secret",
+        "wrong-write-key",
+        raw_email,
+        raw_email.lower(),
+        raw_phone,
+        "+33611223344",
+    ):
+        assert secret not in logs, secret
+        assert secret not in metrics, secret
+    assert "ttgw_queue_depth 0.0" in metrics
+    assert 'ttgw_match_keys_total{event="Purchase",key="email"} 1.0' in metrics
+    assert "ttgw_delivery_request_seconds_count" in metrics
