@@ -26,10 +26,6 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 
 
-class NotYetAvailable(RuntimeError):
-    """A command whose feature is not built yet; it says which issue brings it."""
-
-
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -72,7 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--until", help="dead-lettered at or before (ISO-8601 or Unix seconds)")
     replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
 
-    subcommands.add_parser("doctor", help="check configuration, Redis, tokens and the deployment")
+    doctor = subcommands.add_parser(
+        "doctor", help="check configuration, Redis, tokens and the deployment"
+    )
+    doctor.add_argument(
+        "--check-host",
+        action="append",
+        default=[],
+        metavar="GATEWAY=STOREFRONT",
+        help="check Safari's 7-day cookie cap for the gateway host on this storefront host "
+        "(repeatable), e.g. t.shop.example=www.shop.example",
+    )
     send_test = subcommands.add_parser(
         "send-test", help="send one test event through the integration's test_event_code"
     )
@@ -203,13 +209,6 @@ async def _serve(settings: Settings, *, web_server: bool, worker: bool) -> int:
     return 0
 
 
-def _not_yet(command: str, issue: int, feature: str) -> NotYetAvailable:
-    return NotYetAvailable(
-        f"tt-gateway {command}: {feature} is not built yet (tracked in issue #{issue}); "
-        "nothing was done"
-    )
-
-
 def _run_emulator(args: argparse.Namespace) -> None:
     from gateway.emulator import EmulatorConfig, parse_token_spec, run_emulator
 
@@ -256,15 +255,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "send-test":
             with redis_for(settings) as ready:
                 return asyncio.run(commands.send_test(ready, args))
-        raise _not_yet("doctor", 6, "the deployment self-check")
+        from gateway.doctor import doctor_command, parse_host_pair
+
+        try:
+            hosts = [parse_host_pair(text) for text in args.check_host]
+        except ValueError as exc:
+            raise SettingsError("--check-host", str(exc)) from None
+        with redis_for(settings) as ready:
+            return asyncio.run(doctor_command(ready, hosts))
     except SettingsError as exc:
         print(f"tt-gateway: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except EmbeddedRedisError as exc:
         print(f"tt-gateway: embedded Redis: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except NotYetAvailable as exc:
-        print(str(exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130

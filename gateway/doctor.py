@@ -328,9 +328,10 @@ async def check_tokens(client: RedisClient, settings: Settings) -> list[Check]:
 
         async def check(integration: Integration) -> Check:
             who = f"pixel {integration.pixel_code} ({integration.name})"
-            route = routes(integration.pixel_code)
-            if not integration.test_event_code or route is None:
+            if not integration.test_event_code:
                 return Check("token", Level.WARN, f"{who}: {_NO_TEST_CODE}")
+            route = routes(integration.pixel_code)
+            assert route is not None  # make_routes has a route for every enabled integration
             body = _test_body(integration, integration.test_event_code)
             answer = await route.destination.send(body, integration.access_token)
             return _token_check(who, answer)
@@ -533,7 +534,9 @@ def render(checks: Sequence[Check]) -> str:
     lines = [f"{c.level.value:<6}{c.name:<12}{c.detail}" for c in checks]
     failed = sum(c.level is Level.FAIL for c in checks)
     warned = sum(c.level is Level.WARN for c in checks)
-    lines.append(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    lines.append(
+        f"{len(checks)} checks: {failed} failed, {warned} warning{'' if warned == 1 else 's'}"
+    )
     return "\n".join(lines)
 
 

@@ -112,12 +112,16 @@ def test_console_script_and_module_agree() -> None:
     assert via_script.stdout == gateway("--help").stdout.replace("__main__.py", "tt-gateway")
 
 
-@pytest.mark.parametrize(("command", "issue"), [("doctor", 6)])
-def test_unbuilt_commands_say_so_and_fail(tmp_path: Path, command: str, issue: int) -> None:
-    result = gateway(command, env=clean_env(tmp_path))
-    assert result.returncode == 3
-    assert f"issue #{issue}" in result.stderr
-    assert "nothing was done" in result.stderr
+def test_doctor_reports_and_fails_on_a_broken_setup(tmp_path: Path, redis_url: str) -> None:
+    ok = gateway("doctor", env=clean_env(tmp_path, TTGW_REDIS_URL=redis_url))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "redis" in ok.stdout and "noeviction" in ok.stdout
+    down = gateway("doctor", env=clean_env(tmp_path, TTGW_REDIS_URL="redis://127.0.0.1:1/0"))
+    assert down.returncode == 1
+    assert "fail" in down.stdout
+    bad = gateway("doctor", "--check-host", "nonsense", env=clean_env(tmp_path))
+    assert bad.returncode == 2
+    assert "--check-host" in bad.stderr
 
 
 def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
