@@ -8,6 +8,7 @@ The contract is ``gateway/admin_openapi.json``, served at ``/v1/admin/openapi.js
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 import time
@@ -25,7 +26,7 @@ from gateway.appkeys import HTTP, INTEGRATIONS, REDIS, SETTINGS, STORE
 from gateway.commands import parse_time, send_test_event
 from gateway.receipts import counters, decode_receipt, receipts_for
 from gateway.replay import dead_letters, replay
-from gateway.settings import CONSENT_CATEGORIES, Integration, SettingsError
+from gateway.settings import CONSENT_CATEGORIES, SANDBOX_PIXEL_CODE, Integration, SettingsError
 from gateway.stats import coverage, drop_alerts, flow
 from gateway.tiktok_spec import event_name_problem
 
@@ -135,6 +136,8 @@ def _integration(body: dict[str, Any], base: Integration | None) -> Integration:
         pixel = body.get("pixel_code")
         if not isinstance(pixel, str) or not PIXEL_RE.match(pixel):
             raise BadRequest("a pixel code is 10-40 upper-case letters and digits", "pixel_code")
+        if pixel == SANDBOX_PIXEL_CODE:
+            raise BadRequest("reserved for the sandbox", "pixel_code")
         fields["pixel_code"] = pixel
     elif "pixel_code" in body and body["pixel_code"] != base.pixel_code:
         raise BadRequest("the pixel code of an integration cannot change", "pixel_code")
@@ -244,6 +247,7 @@ async def delete_integration(request: web.Request) -> web.Response:
     await registry.refresh(store, force=True)
     integration = _stored_or_error(request)
     await store.delete(integration.pixel_code)
+    await request.config_dict[REDIS].hdel(keys.PAUSED_HASH, integration.pixel_code)
     await registry.refresh(store, force=True)
     return web.Response(status=204)
 
@@ -303,7 +307,11 @@ async def list_events(request: web.Request) -> web.Response:
     high: str = str(until) if until is not None else "+inf"
     skip_to: str | None = None
     if cursor:
-        score, _, skip_to = cursor.partition(":")
+        try:
+            decoded = base64.urlsafe_b64decode(cursor.encode() + b"==").decode()
+        except (ValueError, UnicodeDecodeError):
+            decoded = ""
+        score, _, skip_to = decoded.partition(":")
         if not score.isdigit() or not skip_to:
             raise BadRequest("not a cursor from a previous page", "cursor")
         high = score
@@ -343,7 +351,8 @@ async def list_events(request: web.Request) -> web.Response:
                 continue
             found.append(_summary(receipt))
             if len(found) == limit:
-                next_cursor = f"{score_int}:{member}"
+                raw_cursor = f"{score_int}:{member}".encode()
+                next_cursor = base64.urlsafe_b64encode(raw_cursor).decode().rstrip("=")
                 break
     return _json({"events": found, "next_cursor": next_cursor})
 
@@ -360,7 +369,10 @@ async def event_receipts(request: web.Request) -> web.Response:
 
 async def replay_dead_letters(request: web.Request) -> web.Response:
     """Replay dead letters: by event ids, by filter (pixel, event, since, until), or all."""
-    body = await _body(request)
+    body = {k: v for k, v in (await _body(request)).items() if v is not None}
+    for name in ("pixel", "event"):
+        if name in body and not isinstance(body[name], str):
+            raise BadRequest("must be a string", name)
     event_ids = body.get("event_ids")
     if event_ids is not None and (
         not isinstance(event_ids, list) or not all(isinstance(i, str) for i in event_ids)
@@ -440,6 +452,9 @@ async def test_event(request: web.Request) -> web.Response:
     registry = request.config_dict[INTEGRATIONS]
     await registry.refresh(request.config_dict[STORE], force=True)
     pixel = body.get("pixel")
+    for name in ("pixel", "test_event_code"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise BadRequest("must be a string", name)
     chosen = [i for i in registry.enabled if pixel in (None, i.pixel_code)]
     if not chosen:
         raise BadRequest("no enabled integration has this pixel", "pixel", 404)

@@ -25,9 +25,13 @@ def parse_time(value: str | None, option: str) -> int | None:
     if value is None:
         return None
     try:
-        return int(float(value) * 1000)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not 0 <= seconds < 1e11:
+            raise SettingsError(option, f"not a time: {value!r} (Unix seconds or ISO-8601)")
+        return int(seconds * 1000)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

@@ -112,6 +112,13 @@ class Settings:
     coverage_drop_alert: float = 0.3
     generated_secrets: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.receipt_ttl_s < self.dead_letter_after_s:
+            raise SettingsError(
+                "TTGW_RECEIPT_TTL_S",
+                "must be at least TTGW_DEAD_LETTER_AFTER_S: a receipt must outlive its event",
+            )
+
     @property
     def sandbox(self) -> bool:
         """True when no pixel is configured: the built-in sandbox records events, none are sent."""

@@ -10,24 +10,24 @@
 (function () {
   'use strict';
 
-  var TOKEN_KEY = 'ttgw.adminToken';
-  var REFRESH_MS = 10000;
-  var FAILURES_LIMIT = 50;
-  var SVG_NS = 'http://www.w3.org/2000/svg';
-  var API = {
+  const TOKEN_KEY = 'ttgw.adminToken';
+  const REFRESH_MS = 10000;
+  const FAILURES_LIMIT = 50;
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  const API = {
     stats: 'v1/admin/stats',
     dead: 'v1/admin/events?state=dead&limit=' + FAILURES_LIMIT,
     integrations: 'v1/admin/integrations',
     replay: 'v1/admin/replay',
     testEvent: 'v1/admin/test-event'
   };
-  var DELIVERY_SERIES = [
+  const DELIVERY_SERIES = [
     { name: 'accepted', label: 'accepted' },
     { name: 'delivered', label: 'delivered' },
     { name: 'retried', label: 'retried' },
     { name: 'dead', label: 'dead' }
   ];
-  var KEY_LABELS = {
+  const KEY_LABELS = {
     email: 'email',
     phone: 'phone',
     external_id: 'external id',
@@ -36,7 +36,7 @@
     ip: 'IP address',
     user_agent: 'user agent'
   };
-  var KEY_PLURALS = {
+  const KEY_PLURALS = {
     email: 'email addresses',
     phone: 'phone numbers',
     external_id: 'external ids',
@@ -45,14 +45,17 @@
     ip: 'IP addresses',
     user_agent: 'user agents'
   };
-  var PREFERRED_EVENTS = ['Purchase', 'CompletePayment', 'PlaceAnOrder', 'InitiateCheckout'];
+  const REASONS = { auth: 'token or permission refused' };
+  const PREFERRED_EVENTS = ['Purchase', 'CompletePayment', 'PlaceAnOrder', 'InitiateCheckout'];
 
-  var state = {
+  const state = {
     generation: 0, // bumped on sign-out: answers of older requests are dropped
     timer: null,
     stats: null,
     integrations: [],
     coverageEvent: null,
+    failuresShown: null, // the rows on screen, as JSON
+    memoryToken: null, // where the token lives when sessionStorage is unavailable
     hiddenKeys: new Set()
   };
 
@@ -64,7 +67,7 @@
 
   /* An element with a class, text and attributes; children appended in order. */
   function el(tag, options, children) {
-    var node = document.createElement(tag);
+    const node = document.createElement(tag);
     applyOptions(node, options || {});
     (children || []).forEach(function (child) {
       if (child !== null && child !== undefined) node.appendChild(child);
@@ -73,7 +76,7 @@
   }
 
   function svg(tag, attributes, children) {
-    var node = document.createElementNS(SVG_NS, tag);
+    const node = document.createElementNS(SVG_NS, tag);
     Object.keys(attributes || {}).forEach(function (name) {
       node.setAttribute(name, String(attributes[name]));
     });
@@ -85,7 +88,7 @@
 
   function applyOptions(node, options) {
     Object.keys(options).forEach(function (name) {
-      var value = options[name];
+      const value = options[name];
       if (value === undefined || value === null) return;
       if (name === 'text') node.textContent = String(value);
       else if (name === 'className') node.className = value;
@@ -104,12 +107,12 @@
   /* Replace a select's options only when they changed, so a refresh does not close an open
    * list or lose the keyboard focus. items: [[value, label], ...]. */
   function setOptions(select, items) {
-    var signature = JSON.stringify(items);
+    const signature = JSON.stringify(items);
     if (select.getAttribute('data-options') === signature) return;
-    var before = select.value;
+    const before = select.value;
     clear(select);
     items.forEach(function (item) {
-      var option = el('option', { text: item[1] });
+      const option = el('option', { text: item[1] });
       option.value = item[0];
       select.appendChild(option);
     });
@@ -130,7 +133,7 @@
 
   function fmtDuration(seconds) {
     if (seconds === null || seconds === undefined) return '—';
-    var s = Math.max(0, Math.round(seconds));
+    const s = Math.max(0, Math.round(seconds));
     if (s < 60) return s + ' s';
     if (s < 3600) return Math.floor(s / 60) + ' min ' + (s % 60) + ' s';
     if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min';
@@ -207,9 +210,9 @@
   }
 
   async function api(path, body) {
-    var token = currentToken();
+    const token = currentToken();
     if (!token) throw new Unauthorized();
-    var init = {
+    const init = {
       method: body === undefined ? 'GET' : 'POST',
       headers: { Accept: 'application/json', Authorization: 'Bearer ' + token },
       credentials: 'omit',
@@ -219,16 +222,16 @@
       init.headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
     }
-    var response = await fetch(path, init);
+    const response = await fetch(path, init);
     if (response.status === 401) throw new Unauthorized();
-    var data = null;
+    let data = null;
     try {
       data = await response.json();
     } catch (error) {
       data = null;
     }
     if (!response.ok) {
-      var message = data && data.error ? data.error : 'HTTP ' + response.status;
+      let message = data && data.error ? data.error : 'HTTP ' + response.status;
       if (data && data.field) message += ' (' + data.field + ')';
       throw new Error(message);
     }
@@ -247,18 +250,18 @@
     show(byId('status'), false);
     show(byId('notice'), false);
     show(byId('sign-in'), true);
-    var error = byId('sign-in-error');
+    const error = byId('sign-in-error');
     error.textContent = message || '';
     show(error, Boolean(message));
     byId('test-code').value = '';
-    var input = byId('token');
+    const input = byId('token');
     input.value = '';
     input.focus();
   }
 
   function onSignIn(event) {
     event.preventDefault();
-    var value = byId('token').value.trim();
+    const value = byId('token').value.trim();
     if (!value) return;
     setToken(value);
     byId('token').value = '';
@@ -276,7 +279,7 @@
     ['queue', 'deliveries-legend', 'deliveries-chart', 'deliveries-totals', 'coverage-event',
       'coverage-alerts', 'coverage-legend', 'coverage-chart', 'test-pixel', 'test-result',
       'replay-result', 'updated', 'status'].forEach(function (id) {
-      var node = byId(id);
+      const node = byId(id);
       clear(node);
       node.removeAttribute('data-options');
       node.removeAttribute('data-keys');
@@ -287,17 +290,18 @@
     state.stats = null;
     state.integrations = [];
     state.coverageEvent = null;
+    state.failuresShown = null;
     state.hiddenKeys.clear();
   }
 
   // ---------------------------------------------------------------- loading
 
   async function refresh() {
-    var generation = ++state.generation;
+    const generation = ++state.generation;
     clearTimeout(state.timer);
     try {
-      var stats = await api(API.stats); // alone first: a wrong token is refused once
-      var answers = await Promise.all([api(API.dead), api(API.integrations)]);
+      const stats = await api(API.stats); // alone first: a wrong token is refused once
+      const answers = await Promise.all([api(API.dead), api(API.integrations)]);
       if (generation !== state.generation) return;
       render(stats, answers[0], answers[1]);
       show(byId('notice'), false);
@@ -307,7 +311,7 @@
         askForToken('That token was not accepted. Enter the admin token again.');
         return;
       }
-      var notice = byId('notice');
+      const notice = byId('notice');
       notice.textContent = 'Could not load the data (' + error.message + '). ' +
         'Trying again in ' + REFRESH_MS / 1000 + ' s.';
       show(notice, true);
@@ -335,17 +339,17 @@
   // ---------------------------------------------------------------- (1) queue health
 
   function pixelName(code) {
-    var found = state.integrations.filter(function (i) { return i.pixel_code === code; })[0];
+    const found = state.integrations.filter(function (i) { return i.pixel_code === code; })[0];
     return found && found.name ? found.name + ' (' + code + ')' : code;
   }
 
   function renderStatus(stats) {
-    var queue = stats.queue;
-    var paused = stats.paused || [];
-    var minutes = stats.minutes || [];
-    var recent = minutes.reduce(function (sum, m) { return sum + m.accepted + m.delivered; }, 0);
-    var text;
-    var level;
+    const queue = stats.queue;
+    const paused = stats.paused || [];
+    const minutes = stats.minutes || [];
+    const recent = minutes.reduce(function (sum, m) { return sum + m.accepted + m.delivered; }, 0);
+    let text;
+    let level;
     if (paused.length) {
       level = 'bad';
       text = 'Paused: pixel ' + paused.map(function (p) {
@@ -359,6 +363,9 @@
       level = 'warn';
       text = 'Retrying: ' + plural(queue.retrying, 'event waits', 'events wait') +
         ' for another try';
+    } else if ((stats.alerts || []).length) {
+      level = 'warn';
+      text = 'Match keys dropped: ' + stats.alerts.map(alertText).join('; ');
     } else if (recent === 0 && queue.depth === 0) {
       level = 'idle';
       text = 'Idle: no conversions in the last hour';
@@ -366,16 +373,16 @@
       level = 'ok';
       text = 'Conversions are flowing';
     }
-    var node = byId('status');
+    const node = byId('status');
     node.className = 'status status-' + level;
-    node.textContent = text;
+    if (node.textContent !== text) node.textContent = text; // a live region: announce changes
     show(node, true);
   }
 
   function renderQueue(stats) {
-    var queue = stats.queue;
+    const queue = stats.queue;
     show(byId('sandbox'), Boolean(stats.sandbox));
-    var figures = [
+    const figures = [
       ['In the queue', fmtCount(queue.depth), 'events waiting to be sent', ''],
       ['Being sent', fmtCount(queue.pending), 'read by a worker, not yet settled', ''],
       ['Retrying', fmtCount(queue.retrying), 'waiting for their next try',
@@ -386,7 +393,7 @@
       ['Lag', queue.lag === null || queue.lag === undefined ? '—' : fmtCount(queue.lag),
         'events no worker has read yet', '']
     ];
-    var list = byId('queue');
+    const list = byId('queue');
     clear(list);
     figures.forEach(function (f) {
       list.appendChild(el('div', { className: 'figure' + (f[3] ? ' figure-' + f[3] : '') }, [
@@ -402,9 +409,9 @@
   /* A "nice" upper bound and step for a count axis. */
   function niceScale(max, ticks) {
     if (!(max > 0)) return { max: 1, step: 1 };
-    var rough = max / ticks;
-    var power = Math.pow(10, Math.floor(Math.log10(rough)));
-    var step = [1, 2, 5, 10].map(function (m) { return m * power; })
+    const rough = max / ticks;
+    const power = Math.pow(10, Math.floor(Math.log10(rough)));
+    let step = [1, 2, 5, 10].map(function (m) { return m * power; })
       .filter(function (s) { return s >= rough; })[0];
     step = Math.max(1, step);
     return { max: Math.ceil(max / step) * step, step: step };
@@ -412,9 +419,9 @@
 
   /* Path data for values (null breaks the line); returns the isolated points too. */
   function linePath(values, x, y) {
-    var parts = [];
-    var lone = [];
-    var run = 0;
+    const parts = [];
+    const lone = [];
+    let run = 0;
     values.forEach(function (v, i) {
       if (v === null || v === undefined || isNaN(v)) {
         if (run === 1) lone.push(i - 1);
@@ -432,41 +439,41 @@
    * options.yMax/yStep/yLabel, options.xLabel(ms), options.xTicks (indices),
    * options.bars (optional background volume), options.hover(i) -> text. */
   function lineChart(container, options) {
-    var width = 720;
-    var height = 240;
-    var pad = { left: 48, right: 12, top: 12, bottom: 28 };
-    var plotW = width - pad.left - pad.right;
-    var plotH = height - pad.top - pad.bottom;
-    var n = options.times.length;
-    var x = function (i) { return pad.left + (n > 1 ? (i * plotW) / (n - 1) : plotW / 2); };
-    var y = function (v) { return pad.top + plotH - (v / options.yMax) * plotH; };
-    var titleId = container.id + '-title';
-    var descId = container.id + '-desc';
-    var chart = svg('svg', {
+    const width = 720;
+    const height = 240;
+    const pad = { left: 48, right: 12, top: 12, bottom: 28 };
+    const plotW = width - pad.left - pad.right;
+    const plotH = height - pad.top - pad.bottom;
+    const n = options.times.length;
+    const x = function (i) { return pad.left + (n > 1 ? (i * plotW) / (n - 1) : plotW / 2); };
+    const y = function (v) { return pad.top + plotH - (v / options.yMax) * plotH; };
+    const titleId = container.id + '-title';
+    const descId = container.id + '-desc';
+    const chart = svg('svg', {
       viewBox: '0 0 ' + width + ' ' + height, role: 'img', class: 'svg-chart',
       'aria-labelledby': titleId + ' ' + descId, preserveAspectRatio: 'xMidYMid meet'
     });
-    var title = svg('title', { id: titleId });
+    const title = svg('title', { id: titleId });
     title.textContent = options.title;
-    var desc = svg('desc', { id: descId });
+    const desc = svg('desc', { id: descId });
     desc.textContent = options.description;
     chart.appendChild(title);
     chart.appendChild(desc);
 
-    var grid = svg('g', { class: 'grid' });
-    for (var v = 0; v <= options.yMax + 1e-9; v += options.yStep) {
+    const grid = svg('g', { class: 'grid' });
+    for (let v = 0; v <= options.yMax + 1e-9; v += options.yStep) {
       grid.appendChild(svg('line', {
         x1: pad.left, x2: width - pad.right, y1: y(v).toFixed(1), y2: y(v).toFixed(1)
       }));
-      var label = svg('text', { x: pad.left - 6, y: (y(v) + 4).toFixed(1), class: 'y-label' });
+      const label = svg('text', { x: pad.left - 6, y: (y(v) + 4).toFixed(1), class: 'y-label' });
       label.textContent = options.yLabel(v);
       grid.appendChild(label);
     }
     options.xTicks.forEach(function (i) {
-      var anchor = 'middle';
+      let anchor = 'middle';
       if (x(i) < pad.left + 24) anchor = 'start';
       else if (x(i) > width - pad.right - 24) anchor = 'end';
-      var tick = svg('text', {
+      const tick = svg('text', {
         x: x(i).toFixed(1), y: height - 8, class: 'x-label', 'text-anchor': anchor
       });
       tick.textContent = options.xLabel(options.times[i]);
@@ -475,12 +482,12 @@
     chart.appendChild(grid);
 
     if (options.bars) {
-      var bars = svg('g', { class: 'bars' });
-      var barMax = Math.max.apply(null, options.bars.concat([1]));
-      var barW = Math.max(1, plotW / Math.max(1, n) - 0.5);
+      const bars = svg('g', { class: 'bars' });
+      const barMax = Math.max.apply(null, options.bars.concat([1]));
+      const barW = Math.max(1, plotW / Math.max(1, n) - 0.5);
       options.bars.forEach(function (b, i) {
         if (!b) return;
-        var h = (b / barMax) * plotH * 0.35;
+        let h = (b / barMax) * plotH * 0.35;
         bars.appendChild(svg('rect', {
           x: (x(i) - barW / 2).toFixed(1), y: (pad.top + plotH - h).toFixed(1),
           width: barW.toFixed(1), height: h.toFixed(1)
@@ -490,8 +497,8 @@
     }
 
     options.series.forEach(function (s) {
-      var line = linePath(s.values, x, y);
-      var group = svg('g', { class: 'series ' + s.className });
+      const line = linePath(s.values, x, y);
+      const group = svg('g', { class: 'series ' + s.className });
       group.appendChild(svg('path', { d: line.d || 'M0 0', class: 'line' }));
       line.lone.forEach(function (i) {
         group.appendChild(svg('circle', {
@@ -502,13 +509,13 @@
     });
 
     // one transparent column per point, with its values as a tooltip
-    var hover = svg('g', { class: 'hover' });
-    var colW = n > 1 ? plotW / (n - 1) : plotW;
-    for (var i = 0; i < n; i++) {
-      var column = svg('rect', {
+    const hover = svg('g', { class: 'hover' });
+    const colW = n > 1 ? plotW / (n - 1) : plotW;
+    for (let i = 0; i < n; i++) {
+      const column = svg('rect', {
         x: (x(i) - colW / 2).toFixed(1), y: pad.top, width: colW.toFixed(2), height: plotH
       });
-      var tip = svg('title');
+      const tip = svg('title');
       tip.textContent = options.hover(i);
       column.appendChild(tip);
       hover.appendChild(column);
@@ -522,18 +529,18 @@
   // ---------------------------------------------------------------- (2) deliveries
 
   function renderDeliveries(stats) {
-    var minutes = stats.minutes || [];
-    var times = minutes.map(function (m) { return toMs(m.minute, 60000); });
-    var totals = {};
-    var max = 0;
+    const minutes = stats.minutes || [];
+    const times = minutes.map(function (m) { return toMs(m.minute, 60000); });
+    const totals = {};
+    let max = 0;
     DELIVERY_SERIES.forEach(function (s) {
       totals[s.name] = minutes.reduce(function (sum, m) {
         max = Math.max(max, m[s.name] || 0);
         return sum + (m[s.name] || 0);
       }, 0);
     });
-    var scale = niceScale(max, 4);
-    var legend = byId('deliveries-legend');
+    const scale = niceScale(max, 4);
+    const legend = byId('deliveries-legend');
     clear(legend);
     DELIVERY_SERIES.forEach(function (s) {
       legend.appendChild(el('li', { className: 'd-' + s.name }, [
@@ -541,8 +548,8 @@
         el('span', { text: s.label + ' ' + fmtCount(totals[s.name]) })
       ]));
     });
-    var ticks = [];
-    for (var i = 0; i < times.length; i += 15) ticks.push(i);
+    const ticks = [];
+    for (let i = 0; i < times.length; i += 15) ticks.push(i);
     if (times.length) ticks.push(times.length - 1);
     lineChart(byId('deliveries-chart'), {
       title: 'Events per minute, last 60 minutes',
@@ -562,13 +569,13 @@
       xTicks: ticks,
       xLabel: fmtClock,
       hover: function (i) {
-        var m = minutes[i];
+        const m = minutes[i];
         return fmtClock(times[i]) + ': ' + DELIVERY_SERIES.map(function (s) {
           return fmtCount(m[s.name] || 0) + ' ' + s.label;
         }).join(', ');
       }
     });
-    var c = stats.counters || {};
+    const c = stats.counters || {};
     byId('deliveries-totals').textContent = 'All time: ' + [
       ['accepted', 'accepted'], ['delivered', 'delivered'], ['duplicate', 'duplicates'],
       ['suppressed', 'suppressed by consent'], ['retried', 'retried'], ['dead', 'dead'],
@@ -579,8 +586,8 @@
   // ---------------------------------------------------------------- (3) match-key coverage
 
   function eventNames(coverage) {
-    var events = coverage.events || {};
-    var volume = function (name) {
+    const events = coverage.events || {};
+    const volume = function (name) {
       return (events[name].total || []).reduce(function (a, b) { return a + b; }, 0);
     };
     return Object.keys(events).sort(function (a, b) {
@@ -590,20 +597,20 @@
 
   function chooseEvent(names, alerts) {
     if (state.coverageEvent && names.indexOf(state.coverageEvent) >= 0) return state.coverageEvent;
-    var alerted = alerts.map(function (a) { return a.event; })
+    const alerted = alerts.map(function (a) { return a.event; })
       .filter(function (n) { return names.indexOf(n) >= 0; });
     if (alerted.length) return alerted[0];
-    var preferred = PREFERRED_EVENTS.filter(function (n) { return names.indexOf(n) >= 0; });
+    const preferred = PREFERRED_EVENTS.filter(function (n) { return names.indexOf(n) >= 0; });
     return preferred.length ? preferred[0] : names[0];
   }
 
   /* The share of events with the key over hours [from, to), weighted by the hour's volume. */
   function weightedShare(data, key, from, to) {
-    var total = 0;
-    var carried = 0;
-    for (var h = Math.max(0, from); h < to; h++) {
-      var t = data.total[h] || 0;
-      var share = data[key] ? data[key][h] : null;
+    let total = 0;
+    let carried = 0;
+    for (let h = Math.max(0, from); h < to; h++) {
+      const t = data.total[h] || 0;
+      const share = data[key] ? data[key][h] : null;
       if (!t || share === null || share === undefined) continue;
       total += t;
       carried += share * t;
@@ -612,21 +619,21 @@
   }
 
   function alertText(alert) {
-    var what = KEY_PLURALS[alert.key] || alert.key;
-    var verb = alert.today < alert.yesterday / 4 ? 'stopped arriving on ' : 'dropped on ';
+    const what = KEY_PLURALS[alert.key] || alert.key;
+    const verb = alert.today < alert.yesterday / 4 ? 'stopped arriving on ' : 'dropped on ';
     return what + ' ' + verb + alert.event + ': ' + fmtShare(alert.yesterday) + ' → ' +
       fmtShare(alert.today);
   }
 
   /* One checkbox per key, built once per key list (a refresh keeps focus and choices). */
   function renderKeyToggles(keys) {
-    var legend = byId('coverage-legend');
-    var signature = keys.join(',');
+    const legend = byId('coverage-legend');
+    const signature = keys.join(',');
     if (legend.getAttribute('data-keys') !== signature) {
       clear(legend);
       keys.forEach(function (key, index) {
-        var id = 'key-toggle-' + index;
-        var box = el('input', { type: 'checkbox', id: id, 'data-key': key });
+        const id = 'key-toggle-' + index;
+        const box = el('input', { type: 'checkbox', id: id, 'data-key': key });
         box.addEventListener('change', function () {
           if (box.checked) state.hiddenKeys.delete(key);
           else state.hiddenKeys.add(key);
@@ -645,24 +652,24 @@
 
   function renderCoverage(coverage, alerts) {
     coverage = coverage || { keys: [], hours: [], events: {} };
-    var names = eventNames(coverage);
-    var chosen = chooseEvent(names, alerts);
+    const names = eventNames(coverage);
+    const chosen = chooseEvent(names, alerts);
     state.coverageEvent = chosen || null;
 
-    var select = byId('coverage-event');
+    const select = byId('coverage-event');
     setOptions(select, names.map(function (name) { return [name, name]; }));
     select.disabled = names.length === 0;
     if (chosen) select.value = chosen;
 
-    var alertList = byId('coverage-alerts');
+    const alertList = byId('coverage-alerts');
     clear(alertList);
     alerts.forEach(function (a) {
       alertList.appendChild(el('li', { className: 'alert', text: alertText(a) }));
     });
     show(alertList, alerts.length > 0);
 
-    var chart = byId('coverage-chart');
-    var tbody = byId('coverage-table').tBodies[0];
+    const chart = byId('coverage-chart');
+    const tbody = byId('coverage-table').tBodies[0];
     clear(tbody);
     if (!chosen) {
       clear(chart);
@@ -670,49 +677,56 @@
       byId('coverage-caption').textContent = 'Current coverage';
       return;
     }
-    var data = coverage.events[chosen];
-    var keys = coverage.keys || [];
-    var times = (coverage.hours || []).map(function (h) { return toMs(h, 3600000); });
-    var n = times.length;
-    var alerted = {};
+    const data = coverage.events[chosen];
+    const keys = coverage.keys || [];
+    const times = (coverage.hours || []).map(function (h) { return toMs(h, 3600000); });
+    const n = times.length;
+    const alerted = {};
     alerts.forEach(function (a) { if (a.event === chosen) alerted[a.key] = a; });
 
     renderKeyToggles(keys);
 
-    var ticks = [];
-    for (var i = 0; i < n; i++) {
+    const ticks = [];
+    for (let i = 0; i < n; i++) {
       if (new Date(times[i]).getHours() === 0) ticks.push(i);
     }
-    var last = 0;
-    for (var h = n - 1; h >= 0; h--) {
+    let last = 0;
+    for (let h = n - 1; h >= 0; h--) {
       if (data.total[h]) { last = h; break; }
     }
-    var volume = data.total.reduce(function (a, b) { return a + b; }, 0);
+    const volume = data.total.reduce(function (a, b) { return a + b; }, 0);
     lineChart(chart, {
       title: 'Share of ' + chosen + ' events carrying each match key, per hour',
-      description: fmtCount(volume) + ' ' + chosen + ' events in the last 7 days. Latest hour: ' +
+      description: fmtCount(volume) + ' ' + chosen + ' events delivered in the last 7 days. ' +
+        'Latest hour: ' +
         keys.map(function (k) {
           return (KEY_LABELS[k] || k) + ' ' + fmtShare(data[k] ? data[k][last] : null);
         }).join(', ') + '.',
       times: times,
       bars: data.total,
+      // keys with an alert are drawn last, on top of the lines they would hide behind
       series: keys.map(function (key, index) {
         return { key: key, index: index };
       }).filter(function (s) {
         return !state.hiddenKeys.has(s.key);
+      }).sort(function (a, b) {
+        return (alerted[a.key] ? 1 : 0) - (alerted[b.key] ? 1 : 0) || a.index - b.index;
       }).map(function (s) {
-        return { className: 'k-' + s.index, values: (data[s.key] || []).slice() };
+        return {
+          className: 'k-' + s.index + (alerted[s.key] ? ' alerted' : ''),
+          values: (data[s.key] || []).slice()
+        };
       }),
       yMax: 1,
       yStep: 0.25,
       yLabel: fmtShare,
       xTicks: ticks,
       xLabel: function (ms) {
-        var day = new Date(ms);
+        const day = new Date(ms);
         return day.toLocaleDateString([], { weekday: 'short' }) + ' ' + day.getDate();
       },
       hover: function (i) {
-        var t = data.total[i] || 0;
+        const t = data.total[i] || 0;
         if (!t) return fmtHour(times[i]) + ': no ' + chosen + ' events';
         return fmtHour(times[i]) + ': ' + plural(t, chosen + ' event', chosen + ' events') +
           '; ' + keys.map(function (k) {
@@ -722,10 +736,10 @@
     });
 
     byId('coverage-caption').textContent = 'Coverage of ' + chosen + ': ' +
-      plural(volume, 'event', 'events') + ' in 7 days; latest hour with events: ' +
+      plural(volume, 'event', 'events') + ' delivered in 7 days; latest hour with events: ' +
       (volume ? fmtHour(times[last]) : 'none');
     keys.forEach(function (key, index) {
-      var row = el('tr', { className: alerted[key] ? 'alert-row' : '' }, [
+      const row = el('tr', { className: alerted[key] ? 'alert-row' : '' }, [
         el('th', { scope: 'row' }, [
           el('span', { className: 'swatch k-' + index }),
           el('span', { text: KEY_LABELS[key] || key }),
@@ -742,7 +756,7 @@
   // ---------------------------------------------------------------- (4) paused integrations
 
   function answerText(code, httpStatus, message, requestId) {
-    var parts = [];
+    const parts = [];
     if (code !== null && code !== undefined) parts.push('code ' + code);
     if (httpStatus !== null && httpStatus !== undefined) parts.push('HTTP ' + httpStatus);
     if (message) parts.push(message);
@@ -751,14 +765,14 @@
   }
 
   function renderPaused(paused) {
-    var table = byId('paused-table');
-    var tbody = table.tBodies[0];
+    const table = byId('paused-table');
+    const tbody = table.tBodies[0];
     clear(tbody);
     paused.forEach(function (p) {
       tbody.appendChild(el('tr', {}, [
         el('td', { text: pixelName(p.pixel) }),
         el('td', {}, [
-          el('strong', { text: p.reason || 'paused' }),
+          el('strong', { text: REASONS[p.reason] || p.reason || 'paused' }),
           el('div', { className: 'answer', text: answerText(p.code, p.http_status, p.message) })
         ]),
         el('td', {}, [timeNode(p.since_ms), el('div', { className: 'hint', text: fmtAgo(p.since_ms) })])
@@ -771,13 +785,13 @@
   // ---------------------------------------------------------------- (5) latest failures
 
   async function replay(body, button, what) {
-    var result = byId('replay-result');
+    const result = byId('replay-result');
     button.disabled = true;
     result.className = 'muted';
     result.textContent = 'Replaying ' + what + '…';
     try {
-      var answer = await api(API.replay, body);
-      var queued = answer && typeof answer.queued === 'number' ? answer.queued : 0;
+      const answer = await api(API.replay, body);
+      const queued = answer && typeof answer.queued === 'number' ? answer.queued : 0;
       result.className = queued ? 'ok-text' : 'muted';
       result.textContent = 'Replay: ' + plural(queued, 'event', 'events') +
         ' queued for delivery.';
@@ -796,7 +810,7 @@
   /* The reason without TikTok's message when it only repeats it (shown in the next column). */
   function shortReason(reason, message) {
     if (!reason) return '—';
-    var tail = ': ' + message;
+    const tail = ': ' + message;
     if (message && reason.length > tail.length && reason.slice(-tail.length) === tail) {
       return reason.slice(0, -tail.length);
     }
@@ -804,11 +818,27 @@
   }
 
   function renderFailures(events, nextCursor, deadCount) {
-    var table = byId('failures-table');
-    var tbody = table.tBodies[0];
+    const table = byId('failures-table');
+    const signature = JSON.stringify(events);
+    // rebuilt only when the rows change, so a refresh does not take the focus off a button
+    if (signature !== state.failuresShown) renderFailureRows(table.tBodies[0], events);
+    state.failuresShown = signature;
+    show(table, events.length > 0);
+    show(byId('failures-empty'), events.length === 0);
+    byId('replay-all').disabled = events.length === 0;
+    const shown = events.length;
+    let caption = 'Dead letters: events TikTok refused or that ran out of retries, newest first.';
+    if (nextCursor || deadCount > shown) {
+      caption += ' Showing the latest ' + fmtCount(shown) + ' of ' + fmtCount(deadCount) + '.';
+    }
+    caption += ' Replay keeps the event id, so TikTok still deduplicates.';
+    byId('failures-caption').textContent = caption;
+  }
+
+  function renderFailureRows(tbody, events) {
     clear(tbody);
     events.forEach(function (e) {
-      var button = el('button', {
+      const button = el('button', {
         type: 'button', className: 'replay', 'data-event-id': e.event_id,
         'aria-label': 'Replay ' + e.event + ' ' + e.event_id, text: 'Replay'
       });
@@ -819,29 +849,20 @@
         el('td', {}, [timeNode(e.last_try_ms || e.received_ms)]),
         el('td', { text: e.event }),
         el('td', { className: 'mono', text: e.event_id }),
-        el('td', { className: 'mono', text: e.pixel }),
+        el('td', { className: 'mono nowrap', text: e.pixel }),
         el('td', { text: shortReason(e.reason, e.message) }),
-        el('td', { className: 'answer',
-          text: answerText(e.code, e.http_status, e.message, e.request_id) }),
+        el('td', {
+          className: 'answer', text: answerText(e.code, e.http_status, e.message, e.request_id)
+        }),
         el('td', { className: 'num', text: fmtCount(e.attempts) }),
         el('td', {}, [button])
       ]));
     });
-    show(table, events.length > 0);
-    show(byId('failures-empty'), events.length === 0);
-    byId('replay-all').disabled = events.length === 0;
-    var shown = events.length;
-    var caption = 'Dead letters: events TikTok refused or that ran out of retries, newest first.';
-    if (nextCursor || deadCount > shown) {
-      caption += ' Showing the latest ' + fmtCount(shown) + ' of ' + fmtCount(deadCount) + '.';
-    }
-    caption += ' Replay keeps the event id, so TikTok still deduplicates.';
-    byId('failures-caption').textContent = caption;
   }
 
   function onReplayAll() {
-    var count = state.stats ? state.stats.queue.dead : 0;
-    var question = 'Replay all ' + plural(count, 'dead letter', 'dead letters') + '?';
+    const count = state.stats ? state.stats.queue.dead : 0;
+    const question = 'Replay all ' + plural(count, 'dead letter', 'dead letters') + '?';
     if (!window.confirm(question)) return;
     replay({ all: true }, byId('replay-all'), 'all dead letters');
   }
@@ -849,9 +870,9 @@
   // ---------------------------------------------------------------- (6) test event
 
   function renderTestPixels(integrations) {
-    var select = byId('test-pixel');
-    var items = integrations.map(function (i) {
-      var notes = [];
+    const select = byId('test-pixel');
+    const items = integrations.map(function (i) {
+      const notes = [];
       if (!i.enabled) notes.push('disabled');
       if (i.paused) notes.push('paused');
       if (!i.test_event_code) notes.push('no test event code');
@@ -865,32 +886,32 @@
 
   async function onTestEvent(event) {
     event.preventDefault();
-    var pixel = byId('test-pixel').value;
-    var code = byId('test-code').value.trim();
-    var button = byId('test-send');
-    var result = byId('test-result');
+    const pixel = byId('test-pixel').value;
+    const code = byId('test-code').value.trim();
+    const button = byId('test-send');
+    const result = byId('test-result');
     if (!pixel) return;
     button.disabled = true;
     clear(result);
     result.appendChild(el('p', { className: 'muted', text: 'Sending a test event to ' + pixel + '…' }));
     try {
-      var body = { pixel: pixel };
+      const body = { pixel: pixel };
       if (code) body.test_event_code = code;
-      var answer = await api(API.testEvent, body);
+      const answer = await api(API.testEvent, body);
       clear(result);
-      var ok = answer.verdict === 'delivered';
+      const ok = answer.verdict === 'delivered';
       result.appendChild(el('p', {
         className: ok ? 'ok-text' : 'error',
         text: ok ? 'TikTok accepted the test event.' : 'TikTok did not accept the test event.'
       }));
-      var rows = [
+      const rows = [
         ['Verdict', answer.verdict], ['HTTP status', answer.http_status],
         ['TikTok code', answer.code], ['Message', answer.message],
         ['Request id', answer.request_id], ['Event id', answer.event_id],
         ['Pixel', answer.pixel], ['Test event code', answer.test_event_code]
       ];
       result.appendChild(el('dl', { className: 'answer-list' }, rows.reduce(function (all, r) {
-        var value = r[1] === null || r[1] === undefined || r[1] === '' ? '—' : String(r[1]);
+        const value = r[1] === null || r[1] === undefined || r[1] === '' ? '—' : String(r[1]);
         return all.concat([el('dt', { text: r[0] }), el('dd', { text: value })]);
       }, [])));
     } catch (error) {
