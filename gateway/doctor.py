@@ -17,15 +17,13 @@ without its credentials.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
-import socket
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -35,15 +33,48 @@ from gateway import keys
 from gateway.connections import RedisClient, RedisOptions, make_redis
 from gateway.delivery import http_session, make_routes
 from gateway.integrations import Integrations
+from gateway.itp import (
+    IPV4_PREFIX_BITS,
+    IPV6_PREFIX_BITS,
+    Resolution,
+    Resolver,
+    SystemResolver,
+    cname_target,
+    normal_host,
+    parse_host_pair,
+    registrable_domain,
+    shares_prefix,
+    split_families,
+)
 from gateway.settings import Integration, Settings, SettingsError
 from gateway.tiktok import Answer, Verdict, build_body
 
+# The gateway.itp names here are re-exported: callers of doctor pass resolvers and host pairs.
+__all__ = [
+    "Check",
+    "Level",
+    "RedisFacts",
+    "Resolution",
+    "Resolver",
+    "SystemResolver",
+    "assess_redis",
+    "check_dns",
+    "check_redis",
+    "check_settings",
+    "check_tokens",
+    "cname_target",
+    "doctor_command",
+    "parse_host_pair",
+    "read_redis",
+    "redis_location",
+    "render",
+    "run_checks",
+    "shares_prefix",
+]
+
 MIN_REDIS_VERSION = (6, 2)  # what the embedded server ships; XAUTOCLAIM's reply changed in 7.0
-IPV4_PREFIX_BITS = 16  # WebKit's thresholds for "the same server as the site"
-IPV6_PREFIX_BITS = 64
 QUEUE_WARN_FRACTION = 0.8  # of TTGW_QUEUE_MAX_EVENTS: ingest starts shedding at the cap
 
-_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _AUTH_HINTS = {
     40001: "the token has no permission on this pixel: use a token generated for it",
     40104: "the access token is empty",
@@ -344,78 +375,6 @@ async def check_tokens(client: RedisClient, settings: Settings) -> list[Check]:
 # --- DNS and Safari's cookie cap ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """A host's canonical name (its CNAME target, or itself) and addresses; none: unresolvable."""
-
-    canonical: str
-    addresses: tuple[str, ...]
-
-
-class Resolver(Protocol):
-    """Resolves a host name as a browser's system resolver would."""
-
-    async def resolve(self, host: str) -> Resolution:
-        """The host's canonical name and its IPv4 and IPv6 addresses (empty if unresolvable)."""
-        ...
-
-
-class SystemResolver:
-    """The operating system's resolver (``getaddrinfo``), run in a thread."""
-
-    async def resolve(self, host: str) -> Resolution:
-        """See :class:`Resolver`."""
-        return await asyncio.to_thread(_resolve_blocking, host)
-
-
-def _resolve_blocking(host: str) -> Resolution:
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP, flags=socket.AI_CANONNAME)
-    except (OSError, UnicodeError):  # NXDOMAIN, no address, or not even a valid name
-        return Resolution(host, ())
-    addresses = tuple(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
-    try:
-        canonical = socket.gethostbyname_ex(host)[0]
-    except (OSError, UnicodeError):  # no IPv4 address: getaddrinfo's canonical name then
-        canonical = next((info[3] for info in infos if info[3]), host)
-    return Resolution(canonical, addresses)
-
-
-def _normal(host: str) -> str:
-    return host.strip().rstrip(".").lower()
-
-
-def cname_target(host: str, resolution: Resolution) -> str | None:
-    """The name ``host`` is an alias of, or None when it is canonical itself."""
-    canonical = _normal(resolution.canonical)
-    return None if not canonical or canonical == _normal(host) else canonical
-
-
-def registrable_domain(host: str) -> str:
-    """The last two labels of ``host``.
-
-    An approximation: under a multi-label public suffix (``co.uk``, ``com.au``) it gives the
-    suffix itself, so two different shops there look like one domain and a CNAME between them
-    goes unreported. Doctor only warns, so a missed warning is the cost; there is no false alarm.
-    """
-    return ".".join(_normal(host).split(".")[-2:])
-
-
-def shares_prefix(a: str, b: str) -> bool:
-    """True when ``a`` and ``b`` are of one family and share the /16 (IPv4) or /64 (IPv6)."""
-    first, second = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    if first.version != second.version:
-        return False  # WebKit counts a family mismatch as 0 matching bits
-    bits = IPV4_PREFIX_BITS if first.version == 4 else IPV6_PREFIX_BITS
-    shift = first.max_prefixlen - bits
-    return int(first) >> shift == int(second) >> shift
-
-
-def _families(addresses: Sequence[str]) -> tuple[list[str], list[str]]:
-    parsed = [ipaddress.ip_address(a) for a in addresses]
-    return [str(a) for a in parsed if a.version == 4], [str(a) for a in parsed if a.version == 6]
-
-
 async def check_dns(gateway: str, storefront: str, resolver: Resolver) -> list[Check]:
     """Will Safari keep the gateway's cookies for their full life on ``storefront``'s pages?"""
     gw, shop = await asyncio.gather(resolver.resolve(gateway), resolver.resolve(storefront))
@@ -430,13 +389,13 @@ async def check_dns(gateway: str, storefront: str, resolver: Resolver) -> list[C
     if (
         target is not None
         and registrable_domain(target) != registrable_domain(storefront)
-        and target != _normal(shop.canonical)  # the top host's own CNAME target is first party
+        and target != normal_host(shop.canonical)  # the top host's own CNAME target is first party
     ):
         checks.append(
             Check("dns", Level.WARN, f"{gateway} is a CNAME to {target}: {_SAFARI_CNAME}")
         )
-    gw4, gw6 = _families(gw.addresses)
-    shop4, shop6 = _families(shop.addresses)
+    gw4, gw6 = split_families(gw.addresses)
+    shop4, shop6 = split_families(shop.addresses)
     shared = []
     for ours, theirs, bits, family in (
         (gw4, shop4, IPV4_PREFIX_BITS, "IPv4"),
@@ -474,30 +433,6 @@ async def check_dns(gateway: str, storefront: str, resolver: Resolver) -> list[C
 def _family_names(v4: Sequence[str], v6: Sequence[str]) -> str:
     names = [name for name, found in (("A (IPv4)", v4), ("AAAA (IPv6)", v6)) if found]
     return " and ".join(names) + " records"
-
-
-def parse_host_pair(text: str) -> tuple[str, str]:
-    """``"t.shop.example=www.shop.example"`` (gateway host = storefront host) as a pair."""
-    gateway, sep, storefront = text.strip().partition("=")
-    if not sep or "=" in storefront:
-        raise ValueError(
-            f"expected GATEWAY=STOREFRONT, e.g. t.shop.example=www.shop.example, got {text!r}"
-        )
-    return _host_name(gateway, text), _host_name(storefront, text)
-
-
-def _host_name(raw: str, text: str) -> str:
-    name = _normal(raw)
-    try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        name = ""
-    if not name or len(name) > 253 or not all(_LABEL_RE.match(p) for p in name.split(".")):
-        raise ValueError(
-            f"{raw.strip()!r} in {text!r} is not a host name: give bare names like "
-            "t.shop.example=www.shop.example, without scheme, port or path"
-        )
-    return name
 
 
 # --- the command ------------------------------------------------------------------------------

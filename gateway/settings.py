@@ -2,7 +2,8 @@
 
 Nothing else in the package reads ``os.environ``. Every ``TTGW_*`` variable of the design is parsed
 and checked here; a bad value raises :class:`SettingsError` naming the variable, and the CLI turns
-that into a one-line message and exit status 2.
+that into a one-line message and exit status 2. The integrations file ``TTGW_CONFIG`` names is
+read by :mod:`gateway.config_file`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import ipaddress
 import os
 import re
 import secrets
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway import keys
-from gateway.tiktok_spec import event_name_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -416,17 +415,6 @@ def _pixel(variable: str, raw: str) -> str:
     return raw
 
 
-def _region(variable: str, raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    import phonenumbers  # imported here: 20 ms of start-up the other paths do not need
-
-    region = raw.upper()
-    if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise SettingsError(variable, f"not a supported ISO 3166 region for phone numbers: {raw!r}")
-    return region
-
-
 def _integrations(
     pixel: str | None, token: str | None, test_code: str | None, config_path: Path | None
 ) -> tuple[Integration, ...]:
@@ -447,88 +435,14 @@ def _integrations(
     elif test_code is not None:
         raise SettingsError("TTGW_TEST_EVENT_CODE", "needs TTGW_PIXEL_CODE and TTGW_ACCESS_TOKEN")
     if config_path is not None:
-        found.extend(_integrations_from_toml(config_path))
+        from gateway.config_file import integrations_from_toml  # it imports this module
+
+        found.extend(integrations_from_toml(config_path))
     pixels = [i.pixel_code for i in found]
     duplicated = sorted({p for p in pixels if pixels.count(p) > 1})
     if duplicated:
         raise SettingsError("TTGW_CONFIG", f"pixel configured twice: {', '.join(duplicated)}")
     return tuple(found)
-
-
-def _integrations_from_toml(path: Path) -> list[Integration]:
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError("TTGW_CONFIG", f"cannot read {str(path)!r}: {exc}") from exc
-    unknown = set(document) - {"integrations"}
-    if unknown:
-        raise SettingsError("TTGW_CONFIG", f"unknown top-level keys: {', '.join(sorted(unknown))}")
-    tables = document.get("integrations", [])
-    if not isinstance(tables, list):
-        raise SettingsError(
-            "TTGW_CONFIG", "integrations must be an array of tables [[integrations]]"
-        )
-    return [_integration_from_table(n, table) for n, table in enumerate(tables)]
-
-
-_TABLE_KEYS = frozenset(
-    {
-        "name", "pixel_code", "access_token", "test_event_code", "hostnames",
-        "default_phone_region", "required_consent", "event_overrides", "enabled",
-    }
-)  # fmt: skip
-
-
-def _integration_from_table(n: int, table: Any) -> Integration:
-    where = f"TTGW_CONFIG integrations[{n}]"
-    if not isinstance(table, dict):
-        raise SettingsError(where, "must be a table")
-    unknown = set(table) - _TABLE_KEYS
-    if unknown:
-        raise SettingsError(where, f"unknown keys: {', '.join(sorted(unknown))}")
-
-    def text(key: str, *, required: bool = False) -> str | None:
-        value = table.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise SettingsError(f"{where}.{key}", "must be a non-empty string")
-        return value.strip()
-
-    def texts(key: str) -> tuple[str, ...]:
-        value = table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{where}.{key}", "must be a list of strings")
-        return tuple(value)
-
-    pixel = _pixel(f"{where}.pixel_code", text("pixel_code", required=True) or "")
-    consent = texts("required_consent")
-    bad = [c for c in consent if c not in CONSENT_CATEGORIES]
-    if bad:
-        raise SettingsError(f"{where}.required_consent", f"unknown categories: {', '.join(bad)}")
-    overrides = table.get("event_overrides", {})
-    if not isinstance(overrides, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v for k, v in overrides.items()
-    ):
-        raise SettingsError(f"{where}.event_overrides", "must be a table of name = name strings")
-    for target in overrides.values():
-        problem = event_name_problem(target)
-        if problem is not None:
-            raise SettingsError(f"{where}.event_overrides", problem)
-    enabled = table.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise SettingsError(f"{where}.enabled", "must be true or false")
-    return Integration(
-        name=text("name") or pixel,
-        pixel_code=pixel,
-        access_token=text("access_token", required=True) or "",
-        test_event_code=text("test_event_code"),
-        hostnames=tuple(_hostname(f"{where}.hostnames", h) for h in texts("hostnames")),
-        default_phone_region=_region(f"{where}.default_phone_region", text("default_phone_region")),
-        required_consent=consent,
-        event_overrides=tuple(sorted(overrides.items())),
-        enabled=enabled,
-    )
 
 
 _SECRET_FACTORIES = {

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.embedded import find_redis_server
 from gateway.settings import Settings
+from tests.process_support import Processes, stop_all
 from tests.support import REQUIRE_BINARIES, free_port, require_binary, wait_for_port
 
 
@@ -98,6 +99,14 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return Settings.from_env(environ)
 
     return make
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Start gateway commands as processes; whatever is still running is killed at the end."""
+    procs = Processes(tmp_path)
+    yield procs
+    stop_all(procs)
 
 
 @pytest.fixture(autouse=True)
