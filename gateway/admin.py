@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from gateway import keys
 from gateway.appkeys import HTTP, INTEGRATIONS, REDIS, SETTINGS, STORE
 from gateway.commands import parse_time, send_test_event
+from gateway.connections import REDIS_ERRORS
 from gateway.receipts import counters, decode_receipt, receipts_for
 from gateway.replay import dead_letters, replay
 from gateway.settings import CONSENT_CATEGORIES, SANDBOX_PIXEL_CODE, Integration, SettingsError
@@ -64,7 +65,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as exc:
         return _json({"error": exc.error, "field": exc.field}, exc.status)
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         return _json({"error": "Redis is unavailable; retry later", "field": None}, 503)
 
 

@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from gateway import __version__, collect, collector, keys, landing
 from gateway.admin import create_admin_app
 from gateway.appkeys import HTTP, INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, STORE, VISITORS
-from gateway.connections import RedisOptions, make_redis
+from gateway.connections import REDIS_ERRORS, RedisOptions, make_redis
 from gateway.cookies import CookieSigner
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
@@ -36,6 +35,7 @@ __all__ = ["HTTP", "REDIS", "SETTINGS", "create_app"]
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 READY_TIMEOUT_S = 1.0
+READY_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, TimeoutError)
 
 log = get_logger("gateway.http")
 
@@ -111,7 +111,7 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: Redis answers within a second."""
     try:
         await asyncio.wait_for(request.app[REDIS].ping(), READY_TIMEOUT_S)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except READY_ERRORS as exc:
         return web.json_response({"status": "unavailable", "redis": type(exc).__name__}, status=503)
     return web.json_response({"status": "ready", "redis": "ok"})
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from gateway import keys
 from gateway.appkeys import INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, VISITORS
 from gateway.browser import BrowserRequest, read_browser, set_cookie_headers
+from gateway.connections import REDIS_ERRORS
 from gateway.consent import decide
 from gateway.cors import allowed_origin, cors_headers, preflight
 from gateway.events import (
@@ -178,7 +178,7 @@ async def _queue(
                 for key in present_keys(orjson.loads(item.data)):
                     MATCH_KEYS_SEEN.labels(item.event, key).inc()
         queued = sum(1 for s in statuses if s is Status.QUEUED)
-        with contextlib.suppress(RedisError, OSError):  # a chart may miss a count, not an event
+        with contextlib.suppress(*REDIS_ERRORS):  # a chart may miss a count, not an event
             await count_flow(request.app[REDIS], {"accepted": queued})
     answers.sort(key=lambda a: int(a["index"]))
     return answers
@@ -237,7 +237,7 @@ async def collect_browser(request: web.Request) -> web.Response:
         if retry:
             headers["Retry-After"] = RETRY_AFTER_S
         return problem.response(headers)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         headers["Retry-After"] = RETRY_AFTER_S
         return _unavailable(exc).response(headers)
     response = _answer(answers, parsed.errors)
@@ -317,7 +317,7 @@ async def collect_server(request: web.Request) -> web.Response:
     except Problem as problem:
         headers = {"Retry-After": RETRY_AFTER_S} if problem.extra.pop("retry", None) else None
         return problem.response(headers)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         return _unavailable(exc).response({"Retry-After": RETRY_AFTER_S})
     return _answer(answers, parsed.errors)
 

@@ -14,6 +14,7 @@ instead, so ingest fails fast with 503 while workers simply try again on their n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,11 +26,14 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from gateway import keys
 
 RedisClient: TypeAlias = Redis | RedisCluster
+# what a Redis outage raises: the client's errors, Cluster's own (not a RedisError), sockets
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+CLUSTER_SCRIPT_CONCURRENCY = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,15 @@ def make_redis(url: str, options: RedisOptions | None = None) -> RedisClient:
             **common,
         )
         master: Redis = sentinel.master_for(service)
+        close_master = master.aclose
+
+        async def close_all(close_connection_pool: bool | None = None) -> None:
+            # the master client does not own the sentinel connections: close them with it
+            await close_master(close_connection_pool)
+            for client in sentinel.sentinels:
+                await client.aclose()
+
+        master.aclose = close_all  # type: ignore[method-assign]
         return master
     if scheme.endswith("+cluster"):
         username, password, hosts = _hosts(parts.netloc, 6379)
@@ -126,8 +139,23 @@ async def eval_many(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
     """Run many script calls in one round trip; their results in order.
 
     Calls whose script the server does not know yet are loaded and run again; no call runs twice.
-    Any other error is raised after the round trip (calls before it have taken effect).
+    Any other error is raised after the round trip (calls before it have taken effect). On Redis
+    Cluster, which refuses scripts in pipelines, the calls go concurrently instead, each routed
+    to the node of its keys (all keys of one call share a hash tag).
     """
+    if isinstance(redis, RedisCluster):
+        limit = asyncio.Semaphore(CLUSTER_SCRIPT_CONCURRENCY)
+
+        async def one(call: LuaCall) -> Any:
+            script, script_keys, args = call
+            async with limit:
+                try:
+                    return await redis.evalsha(script.sha, len(script_keys), *script_keys, *args)
+                except NoScriptError:
+                    await redis.script_load(script.source)
+                    return await redis.evalsha(script.sha, len(script_keys), *script_keys, *args)
+
+        return list(await asyncio.gather(*(one(call) for call in calls)))
     pending = list(range(len(calls)))
     results: list[Any] = [None] * len(calls)
     for _ in range(2):

@@ -27,10 +27,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from gateway import keys
-from gateway.connections import RedisClient, RedisOptions, make_redis
+from gateway.connections import REDIS_ERRORS, RedisClient, RedisOptions, make_redis
 from gateway.delivery import http_session, make_routes
 from gateway.integrations import Integrations
 from gateway.itp import (
@@ -307,7 +307,7 @@ async def check_redis(client: RedisClient, settings: Settings) -> list[Check]:
     location = redis_location(settings.redis_url or "")
     try:
         facts = await read_redis(client)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         return [Check("redis", Level.FAIL, f"cannot use Redis at {location}: {exc}")]
     return assess_redis(facts, location, queue_max_events=settings.queue_max_events)
 

@@ -10,11 +10,10 @@ import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from redis.exceptions import RedisError
 
 from gateway import keys
 from gateway.appkeys import REDIS
-from gateway.connections import RedisClient
+from gateway.connections import REDIS_ERRORS, RedisClient
 
 EVENTS_INGESTED = Counter(
     "ttgw_events_ingested_total",
@@ -36,7 +35,7 @@ CLICKS_CAPTURED = Counter(
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics`` in Prometheus' text format (queue gauges sampled at scrape time)."""
-    with contextlib.suppress(RedisError, OSError):  # in an outage, the counters still count
+    with contextlib.suppress(*REDIS_ERRORS):  # in an outage, the counters still count
         await sample_queue(request.app[REDIS])
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from redis.exceptions import RedisError
 
 from gateway import keys
+from gateway.connections import REDIS_ERRORS
 from gateway.logs import get_logger
 from gateway.sandbox import Sandbox
 from gateway.tiktok_spec import API_PREFIX, TRACK_PATH, DefaultLimits, validate_body
@@ -345,7 +345,7 @@ class SandboxDestination:
         try:
             status, parsed = await self.sandbox.post(body)
             raw = orjson.dumps(parsed)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             error = exc
         result = classify(status, raw, error)
         return _finish(result, status, access_token, started, len(body), sandbox=True)

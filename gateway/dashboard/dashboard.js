@@ -105,7 +105,7 @@
   }
 
   /* Replace a select's options only when they changed, so a refresh does not close an open
-   * list or lose the keyboard focus. items: [[value, label], ...]. */
+   * list or lose the keyboard focus. items: [[value, label, disabled], ...]. */
   function setOptions(select, items) {
     const signature = JSON.stringify(items);
     if (select.getAttribute('data-options') === signature) return;
@@ -114,10 +114,13 @@
     items.forEach(function (item) {
       const option = el('option', { text: item[1] });
       option.value = item[0];
+      option.disabled = Boolean(item[2]);
       select.appendChild(option);
     });
     select.setAttribute('data-options', signature);
-    if (items.some(function (item) { return item[0] === before; })) select.value = before;
+    if (items.some(function (item) { return item[0] === before && !item[2]; })) {
+      select.value = before;
+    }
   }
 
   // ---------------------------------------------------------------- formatting
@@ -876,9 +879,11 @@
       if (!i.enabled) notes.push('disabled');
       if (i.paused) notes.push('paused');
       if (!i.test_event_code) notes.push('no test event code');
-      return [i.pixel_code, (i.name ? i.name + ' · ' : '') + i.pixel_code +
-        (notes.length ? ' (' + notes.join(', ') + ')' : '')];
+      const label = (i.name ? i.name + ' · ' : '') + i.pixel_code +
+        (notes.length ? ' (' + notes.join(', ') + ')' : '');
+      return [i.pixel_code, label, !i.enabled]; // the API sends through enabled ones only
     });
+    items.sort(function (a, b) { return (a[2] ? 1 : 0) - (b[2] ? 1 : 0); });
     setOptions(select, items.length ? items : [['', 'No integration configured']]);
     select.disabled = integrations.length === 0;
     byId('test-send').disabled = integrations.length === 0;
