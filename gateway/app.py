@@ -16,7 +16,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway import __version__, collect, collector, keys, landing
+from gateway import __version__, collect, collector, dashboard, keys, landing
 from gateway.admin import create_admin_app
 from gateway.appkeys import HTTP, INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, STORE, VISITORS
 from gateway.connections import REDIS_ERRORS, RedisOptions, make_redis
@@ -131,6 +131,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     collect.add_routes(app)
     collector.add_routes(app)
+    dashboard.add_routes(app)
     landing.add_routes(app)
     app.add_subapp("/v1/admin", create_admin_app())
     app.add_subapp(
