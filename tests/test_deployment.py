@@ -64,8 +64,12 @@ def test_nginx_fronts_the_web_service_with_the_templates() -> None:
     assert {"80:80", "443:443"} <= set(nginx["ports"])
     assert nginx["environment"]["TTGW_UPSTREAM"] == "web:8080"
     mounts = {v.split(":")[1]: v.split(":")[0] for v in nginx["volumes"]}
-    assert mounts["/etc/nginx/templates"] == "./nginx/templates"
-    assert (ROOT / "nginx" / "templates").is_dir()
+    template = mounts["/etc/nginx/templates/gateway-hostname.conf.template"]
+    assert (ROOT / template).is_file()
+    # every variable the mounted template uses is set (envsubst would leave it empty otherwise)
+    used = set(re.findall(r"\$\{(TTGW_[A-Z_]+)\}", (ROOT / template).read_text()))
+    assert used <= set(nginx["environment"]), used - set(nginx["environment"])
+    assert (ROOT / "nginx" / "admin-allow.conf.example").is_file()
     assert nginx["depends_on"]["web"]["condition"] == "service_healthy"
 
 
@@ -109,6 +113,8 @@ async def test_two_web_processes_and_three_workers_deliver_exactly_once(
             async with http.post(f"http://127.0.0.1:{ports[1]}/e", json={"events": events}) as r:
                 assert {a["status"] for a in (await r.json())["accepted"]} == {"duplicate"}
         workers = [processes.start(base, "worker") for _ in range(3)]
+        for worker in workers:  # signal handlers are in place once it says so
+            await wait_until(lambda w=worker: "worker running" in processes.output(w), 30)
         await tiktok.state.wait_for_events(600, timeout_s=60)
         await wait_until(lambda: _delivered(redis, 600))
         for process in [*workers, *webs]:
