@@ -135,7 +135,7 @@ def _integration(body: dict[str, Any], base: Integration | None) -> Integration:
     fields: dict[str, Any] = {} if base is None else asdict(base)
     if base is None:
         pixel = body.get("pixel_code")
-        if not isinstance(pixel, str) or not PIXEL_RE.match(pixel):
+        if not isinstance(pixel, str) or not PIXEL_RE.fullmatch(pixel):
             raise BadRequest("a pixel code is 10-40 upper-case letters and digits", "pixel_code")
         if pixel == SANDBOX_PIXEL_CODE:
             raise BadRequest("reserved for the sandbox", "pixel_code")
@@ -155,7 +155,7 @@ def _integration(body: dict[str, Any], base: Integration | None) -> Integration:
     fields["name"] = fields.get("name") or fields["pixel_code"]
     if "hostnames" in body:
         hosts = tuple(h.strip().lower().lstrip(".") for h in _strings(body, "hostnames"))
-        if not all(HOST_RE.match(h) for h in hosts):
+        if not all(HOST_RE.fullmatch(h) for h in hosts):
             raise BadRequest("each must be a host name", "hostnames")
         fields["hostnames"] = hosts
     if "required_consent" in body:

@@ -177,7 +177,10 @@ async def _serve(settings: Settings, *, web_server: bool, worker: bool) -> int:
     try:
         if web_server:
             runner = web.AppRunner(
-                create_app(settings), access_log=None, shutdown_timeout=keys.SHUTDOWN_GRACE_S
+                create_app(settings),
+                access_log=None,
+                shutdown_timeout=keys.SHUTDOWN_GRACE_S,
+                keepalive_timeout=75,  # aiohttp's default is an hour of idle connections
             )
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)

@@ -11,6 +11,7 @@ Redis is unreachable, full (``noeviction`` out of memory) or the queue holds
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -47,6 +48,7 @@ log = get_logger("gateway.collect")
 BROWSER_TYPES = ("application/json", "text/plain", "application/octet-stream", "")
 SERVER_TYPES = ("application/json",)
 RETRY_AFTER_S = "5"
+BODY_TIMEOUT_S = 10.0
 
 
 class Problem(Exception):
@@ -87,11 +89,17 @@ async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) ->
         raise Problem(413, f"body is larger than {limit} bytes", "body")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(16384):
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, f"body is larger than {limit} bytes", "body")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a trickled body must not hold a handler
+            async for chunk in request.content.iter_chunked(16384):
+                size += len(chunk)
+                if size > limit:
+                    raise Problem(413, f"body is larger than {limit} bytes", "body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Problem(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", "body") from None
+    except ConnectionResetError:
+        raise Problem(400, "the client went away before sending the whole body", "body") from None
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:

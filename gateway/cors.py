@@ -21,7 +21,7 @@ def allowed_origin(origin: str | None, allowed: Sequence[str], own_origin: str) 
     """True when ``origin`` may talk to the gateway (no Origin header: not a browser CORS call)."""
     if origin is None:
         return True
-    origin = origin.strip().lower().rstrip("/")
+    # browsers send the exact serialized origin (lower case, no path): compare exactly
     return origin == own_origin.lower() or origin in allowed
 
 

@@ -50,6 +50,7 @@ MAX_STRING_CHARS = 2048
 MAX_URL_CHARS = 4096
 MAX_CONTENTS = 200
 MAX_FUTURE_SKEW_S = 300
+MAX_COUNT = 2**53
 
 CONSENT_VALUES = {"granted": True, "denied": False}
 CONSENT_KEYS = ("ad_user_data", "ad_personalization", "ad_storage", "analytics_storage")
@@ -217,6 +218,14 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
+def _count(value: Any, name: str) -> int:
+    """A quantity: a number >= 0, at most 2**53 (an exact integer in JSON everywhere)."""
+    number = _number(value, name)
+    if number > MAX_COUNT:
+        raise FieldError(name, f"must be at most {MAX_COUNT}")
+    return int(number)
+
+
 def _identifier(value: Any, name: str) -> str:
     """An id as a string: strings kept exactly, JSON integers as their decimal string."""
     if isinstance(value, bool):
@@ -283,7 +292,7 @@ def _url(value: Any, name: str) -> str | None:
     try:
         parsed = URL(url)
         host = parsed.host
-    except ValueError:
+    except (ValueError, IndexError):  # yarl raises IndexError for some malformed authorities
         host = None
     if host is None or parsed.scheme not in ("http", "https"):
         raise FieldError(name, "must be an absolute http(s) URL")
@@ -323,8 +332,7 @@ def _contents(items: Any, name: str, *, segment: bool) -> list[dict[str, Any]]:
         if item.get("price") is not None:
             content["price"] = _number(item["price"], f"{where}.price")
         if item.get("quantity") is not None:
-            quantity = _number(item["quantity"], f"{where}.quantity")
-            content["quantity"] = int(quantity)
+            content["quantity"] = _count(item["quantity"], f"{where}.quantity")
         out.append(content)
     return out
 
@@ -376,7 +384,7 @@ def parse_properties(raw: Any, name: str = "properties") -> dict[str, Any]:
     if props.get("predicted_ltv") is not None:
         out["predicted_ltv"] = _number(props["predicted_ltv"], f"{name}.predicted_ltv")
     if props.get("num_items") is not None:
-        out["num_items"] = int(_number(props["num_items"], f"{name}.num_items"))
+        out["num_items"] = _count(props["num_items"], f"{name}.num_items")
     return out
 
 

@@ -91,8 +91,11 @@ def click_from_page(url: str | None, referrer: str | None, now_ms: int) -> Click
     for candidate, same_host_only in ((url, False), (referrer, True)):
         if not candidate:
             continue
-        parts = urlsplit(candidate)
-        if same_host_only and (not url or parts.hostname != urlsplit(url).hostname):
+        try:
+            parts = urlsplit(candidate)
+            if same_host_only and (not url or parts.hostname != urlsplit(url).hostname):
+                continue
+        except ValueError:  # a referrer is any text the browser gives: no click in it
             continue
         query = dict(parse_qsl(parts.query, keep_blank_values=False))
         ttclid = read_ttclid(query.get("ttclid"))

@@ -125,7 +125,7 @@ def _host_name(raw: str, text: str) -> str:
         name = name.encode("idna").decode("ascii")
     except UnicodeError:
         name = ""
-    if not name or len(name) > 253 or not all(_LABEL_RE.match(p) for p in name.split(".")):
+    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(p) for p in name.split(".")):
         raise ValueError(
             f"{raw.strip()!r} in {text!r} is not a host name: give bare names like "
             "t.shop.example=www.shop.example, without scheme, port or path"

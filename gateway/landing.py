@@ -33,7 +33,18 @@ ORIGINAL_URI_HEADER = "X-Original-URI"
 
 
 def click_from_uri(uri: str, base: str, referrer: str | None, now_ms: int) -> Click | None:
-    """The click in an original request URI (path and query), if it carries a ttclid."""
+    """The click in an original request URI (path and query), if it carries a ttclid.
+
+    Any URI, Referer or Host a client sends gives a click or None — never an error (``/landing``
+    must always answer 204, or nginx shows the shop an error page).
+    """
+    try:
+        return _click_from_uri(uri, base, referrer, now_ms)
+    except (ValueError, IndexError):  # malformed brackets, non-UTF-8 bytes (UnicodeError)
+        return None
+
+
+def _click_from_uri(uri: str, base: str, referrer: str | None, now_ms: int) -> Click | None:
     parts = urlsplit(uri)
     query = dict(parse_qsl(parts.query))
     ttclid = read_ttclid(query.get("ttclid"))
@@ -45,9 +56,18 @@ def click_from_uri(uri: str, base: str, referrer: str | None, now_ms: int) -> Cl
         ttclid=ttclid,
         click_ms=now_ms,
         landing_url=landing[:2048],
-        referrer=redact_url(referrer)[:2048] if referrer else None,
+        referrer=_safe_referrer(referrer),
         utm={k: query[k][:200] for k in UTM_FIELDS if query.get(k)},
     )
+
+
+def _safe_referrer(referrer: str | None) -> str | None:
+    if not referrer:
+        return None
+    try:
+        return redact_url(referrer)[:2048]
+    except (ValueError, IndexError):
+        return None
 
 
 async def landing(request: web.Request) -> web.Response:

@@ -354,7 +354,7 @@ def _api_url(raw: str) -> str:
 def _hostname(variable: str, raw: str) -> str:
     name = raw.strip().lower().lstrip(".")
     labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL_RE.match(label) for label in labels):
+    if len(name) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
         raise SettingsError(variable, f"not a valid host name: {raw!r}")
     return name
 
@@ -408,7 +408,7 @@ def _networks(variable: str, raw: str) -> tuple[IPNetwork, ...]:
 
 
 def _pixel(variable: str, raw: str) -> str:
-    if not _PIXEL_RE.match(raw):
+    if not _PIXEL_RE.fullmatch(raw):
         raise SettingsError(
             variable, f"a TikTok pixel code is 10-40 upper-case letters and digits, got {raw!r}"
         )

@@ -338,7 +338,7 @@ def _mapping(value: object, path: str) -> dict[str, Any]:
 def _url(value: object, path: str) -> None:
     try:
         url = URL(_as_str(value, path))
-    except ValueError:
+    except (ValueError, IndexError):
         raise _bad(path, "Not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise _bad(path, "Not a valid URL (absolute http(s) URL expected)")
