@@ -310,6 +310,7 @@ class Worker:
         if event.get("event_time", 0) > now:  # clamp: TikTok documents no tolerance
             event["event_time"] = int(now)
             entry.data = orjson.dumps(event)
+        entry.parsed = event  # parsed once: the coverage counters read it after delivery
         if event.get("event_time", 0) < now - self.settings.event_max_age_s:
             return f"stale: event_time is more than {self.settings.event_max_age_s} s old"
         problem = event_problem(event, pixel, now)
@@ -419,7 +420,8 @@ class Worker:
         try:
             await count_flow(self.redis, counts)
             if verdict is Verdict.DELIVERED:
-                await count_coverage(self.redis, (orjson.loads(e.data) for e in entries))
+                events = (e.parsed or orjson.loads(e.data) for e in entries)
+                await count_coverage(self.redis, events)
         except Exception as exc:
             log.warning("stats_failed", error=type(exc).__name__)
 
