@@ -63,6 +63,8 @@ from gateway.tiktok import (
 )
 
 log = get_logger("gateway.delivery")
+MOVE_DUE_ROUNDS = 20
+EXPEDITE_BATCH = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +196,13 @@ class Worker:
         return min(keys.RECLAIM_INTERVAL_S, self.settings.reclaim_idle_s / 2)
 
     async def _move_due(self) -> None:
-        await self.outbox.move_due()
+        # a full batch means more are due (after an outage): keep moving, a bounded number
+        for _ in range(MOVE_DUE_ROUNDS):
+            if (
+                await self.outbox.move_due(limit=keys.DELIVERY_READ_COUNT)
+                < keys.DELIVERY_READ_COUNT
+            ):
+                return
 
     async def _heartbeat(self) -> None:
         # a batch may wait for a send slot or the rate limiter longer than the reclaim idle time
@@ -371,7 +379,8 @@ class Worker:
                 log.warning("integration_resumed", pixel=pixel)
             if pixel in self._failing:
                 self._failing.discard(pixel)
-                await self.outbox.expedite()
+                while await self.outbox.expedite() >= EXPEDITE_BATCH:
+                    pass  # every scheduled retry, 10,000 at a time
         elif verdict is Verdict.INVALID and len(entries) > 1:
             half = len(entries) // 2
             for part in (entries[:half], entries[half:]):

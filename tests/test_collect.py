@@ -457,3 +457,17 @@ async def test_time_is_clamped_and_old_events_refused(
     times = {e["event_id"]: e["data"]["event_time"] for e in await queued(redis)}
     assert now <= times["future"] <= now + 5
     assert times["ms"] == now - 60
+
+
+async def test_more_requests_in_flight_than_redis_connections_all_succeed(
+    gateway: GatewayFactory, redis: Redis
+) -> None:
+    """The pool waits for a free connection instead of failing (bench: 503s above 64)."""
+    import asyncio
+
+    client = await gateway()
+    responses = await asyncio.gather(
+        *(client.post("/e", json=track(event_id=f"burst-{i}")) for i in range(200))
+    )
+    assert [r.status for r in responses] == [202] * 200
+    assert await redis.xlen(keys.EVENTS_STREAM) == 200
