@@ -128,7 +128,7 @@ def make_redis(url: str, options: RedisOptions | None = None) -> RedisClient:
         socket_connect_timeout=opts.connect_timeout_s,
         retry=common["retry"],
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
 @dataclass(frozen=True, slots=True)
