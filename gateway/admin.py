@@ -25,6 +25,7 @@ from gateway import keys
 from gateway.appkeys import HTTP, INTEGRATIONS, REDIS, SETTINGS, STORE
 from gateway.commands import parse_time, send_test_event
 from gateway.connections import REDIS_ERRORS
+from gateway.integrations import token_hint
 from gateway.receipts import counters, decode_receipt, receipts_for
 from gateway.replay import dead_letters, replay
 from gateway.settings import CONSENT_CATEGORIES, SANDBOX_PIXEL_CODE, Integration, SettingsError
@@ -90,7 +91,7 @@ async def _paused(request: web.Request) -> dict[str, Any]:
 def _public(integration: Integration, source: str, paused: dict[str, Any]) -> dict[str, Any]:
     data = asdict(integration)
     token = data.pop("access_token")
-    data["access_token_hint"] = "…" + token[-4:] if len(token) >= 8 else "…"
+    data["access_token_hint"] = token_hint(token)
     data["event_overrides"] = dict(integration.event_overrides)
     data["source"] = source
     data["paused"] = paused.get(integration.pixel_code)

@@ -41,6 +41,18 @@ class BrowserRequest:
     scheme: str
     host: str
 
+    def session_fields(self, now_ms: int, page_url: str | None) -> dict[str, str]:
+        """What a stitch stores of this request's session: _ttp, IP, user agent, page, time."""
+        fields = {"ttp": self.ttp, "seen_ms": str(now_ms)}
+        for key, value in (
+            ("ip", self.ip),
+            ("user_agent", self.user_agent),
+            ("page_url", page_url),
+        ):
+            if value:
+                fields[key] = value
+        return fields
+
     @property
     def origin(self) -> str:
         """The gateway's own origin as the browser sees it."""

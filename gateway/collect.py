@@ -144,6 +144,7 @@ async def _queue(
     """Hash, enrich, apply consent and queue every valid event; their answer entries."""
     settings = request.app[SETTINGS]
     outgoing: list[Outgoing] = []
+    built: list[dict[str, Any]] = []
     answers: list[dict[str, Any]] = []
     tracked: list[dict[str, Any]] = []
     for (index, envelope), hashed, session in zip(
@@ -156,6 +157,7 @@ async def _queue(
         decision = decide(envelope.consent, integration.required_consent, envelope.limited_data_use)
         event_id = derive_event_id(envelope)
         event = build_event(envelope, event_id, hashed, session, origin, decision)
+        built.append(event)
         outgoing.append(
             Outgoing(
                 pixel=integration.pixel_code,
@@ -178,13 +180,13 @@ async def _queue(
             )
         except QueueFull as exc:
             raise Problem(503, str(exc) + "; retry later", None, retry=True) from None
-        for entry, status, item in zip(tracked, statuses, outgoing, strict=True):
+        for entry, status, event in zip(tracked, statuses, built, strict=True):
             entry["status"] = status.value
             EVENTS_INGESTED.labels(status.value, origin.source).inc()
             if status is Status.QUEUED:
-                MATCH_KEYS_SEEN.labels(item.event, "total").inc()
-                for key in present_keys(orjson.loads(item.data)):
-                    MATCH_KEYS_SEEN.labels(item.event, key).inc()
+                MATCH_KEYS_SEEN.labels(event["event"], "total").inc()
+                for key in present_keys(event):
+                    MATCH_KEYS_SEEN.labels(event["event"], key).inc()
         queued = sum(1 for s in statuses if s is Status.QUEUED)
         with contextlib.suppress(*REDIS_ERRORS):  # a chart may miss a count, not an event
             await count_flow(request.app[REDIS], {"accepted": queued})
@@ -228,7 +230,7 @@ async def collect_browser(request: web.Request) -> web.Response:
         names = app[INTEGRATIONS].names(integration)
         parsed = parse_events(body, integration, names, settings.event_max_age_s, now)
         _count_rejections(parsed.errors, "browser")
-        session, click = await _browser_session(request, browser, parsed, now_ms)
+        session, click = await _browser_session(request, integration, browser, parsed, now_ms)
         origin = Origin(
             source="browser",
             host=browser.host,
@@ -256,10 +258,13 @@ async def collect_browser(request: web.Request) -> web.Response:
 
 
 async def _browser_session(
-    request: web.Request, browser: BrowserRequest, parsed: Parsed, now_ms: int
+    request: web.Request,
+    integration: Integration,
+    browser: BrowserRequest,
+    parsed: Parsed,
+    now_ms: int,
 ) -> tuple[Session, Any]:
     """One stitch for the whole request: session, new click, identifiers of consenting events."""
-    integration = _integration(request)
     click = None
     links: list[tuple[str, str]] = []
     page_url = None
@@ -272,15 +277,9 @@ async def _browser_session(
                     links.append(link)
     if click is not None:
         CLICKS_CAPTURED.labels("collector").inc()
-    session_fields = {"ttp": browser.ttp, "seen_ms": str(now_ms)}
-    for key, value in (
-        ("ip", browser.ip),
-        ("user_agent", browser.user_agent),
-        ("page_url", page_url),
-    ):
-        if value:
-            session_fields[key] = value
-    request_ = StitchRequest(browser.visitor_id, links, session_fields, click)
+    request_ = StitchRequest(
+        browser.visitor_id, links, browser.session_fields(now_ms, page_url), click
+    )
     session = await request.app[VISITORS].stitch(request_, now_ms)
     return session, session.click or browser.click
 

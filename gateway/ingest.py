@@ -97,17 +97,29 @@ def click_from_page(url: str | None, referrer: str | None, now_ms: int) -> Click
                 continue
         except ValueError:  # a referrer is any text the browser gives: no click in it
             continue
-        query = dict(parse_qsl(parts.query, keep_blank_values=False))
-        ttclid = read_ttclid(query.get("ttclid"))
-        if ttclid is not None:
-            return Click(
-                ttclid=ttclid,
-                click_ms=now_ms,
-                landing_url=candidate[:2048],
-                referrer=(referrer if candidate is url else None),
-                utm={k: query[k][:200] for k in UTM_FIELDS if query.get(k)},
-            )
+        click = click_from_query(
+            parts.query, candidate, referrer if candidate is url else None, now_ms
+        )
+        if click is not None:
+            return click
     return None
+
+
+def click_from_query(
+    query_string: str, landing_url: str, referrer: str | None, now_ms: int
+) -> Click | None:
+    """The click of a landing URL's query (its ``ttclid`` and UTM fields), if it has one."""
+    query = dict(parse_qsl(query_string))
+    ttclid = read_ttclid(query.get("ttclid"))
+    if ttclid is None:
+        return None
+    return Click(
+        ttclid=ttclid,
+        click_ms=now_ms,
+        landing_url=landing_url[:2048],
+        referrer=referrer[:2048] if referrer else None,
+        utm={k: query[k][:200] for k in UTM_FIELDS if query.get(k)},
+    )
 
 
 def build_event(

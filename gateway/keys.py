@@ -116,7 +116,6 @@ MINUTE_STATS_TTL_S = 2 * 86400
 COVERAGE_TTL_S = 8 * 86400
 DEAD_LETTER_HORIZON_S = 24 * 3600  # give up well before TikTok's 48 h dedup window closes
 EVENT_MAX_AGE_S = 7 * 86400  # older events are not worth sending (see the reference, §3)
-EVENT_MAX_FUTURE_S = 300  # later timestamps are clamped to now
 
 # Request bodies
 COLLECT_BODY_MAX_BYTES = 64 * 1024  # POST /e

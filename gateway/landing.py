@@ -14,15 +14,14 @@ page. So it always answers 204 — when Redis is down the click still travels in
 from __future__ import annotations
 
 import time
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from gateway.appkeys import SETTINGS, SIGNER, VISITORS
 from gateway.browser import read_browser, set_cookie_headers
-from gateway.cookies import read_ttclid
 from gateway.identity import redact_url
-from gateway.ingest import UTM_FIELDS
+from gateway.ingest import click_from_query
 from gateway.logs import get_logger
 from gateway.metrics import CLICKS_CAPTURED
 from gateway.visitors import Click, StitchRequest
@@ -46,19 +45,11 @@ def click_from_uri(uri: str, base: str, referrer: str | None, now_ms: int) -> Cl
 
 def _click_from_uri(uri: str, base: str, referrer: str | None, now_ms: int) -> Click | None:
     parts = urlsplit(uri)
-    query = dict(parse_qsl(parts.query))
-    ttclid = read_ttclid(query.get("ttclid"))
-    if ttclid is None:
+    if "ttclid" not in parts.query:
         return None
     path = parts.path if parts.path.startswith("/") else "/" + parts.path
     landing = redact_url(f"{base}{path}" + (f"?{parts.query}" if parts.query else ""))
-    return Click(
-        ttclid=ttclid,
-        click_ms=now_ms,
-        landing_url=landing[:2048],
-        referrer=_safe_referrer(referrer),
-        utm={k: query[k][:200] for k in UTM_FIELDS if query.get(k)},
-    )
+    return click_from_query(parts.query, landing, _safe_referrer(referrer), now_ms)
 
 
 def _safe_referrer(referrer: str | None) -> str | None:
@@ -80,12 +71,7 @@ async def landing(request: web.Request) -> web.Response:
     click = click_from_uri(uri, browser.origin, request.headers.get("Referer"), now_ms)
     if click is not None:
         CLICKS_CAPTURED.labels("landing").inc()
-        session_fields = {"ttp": browser.ttp, "seen_ms": str(now_ms)}
-        if click.landing_url:
-            session_fields["page_url"] = click.landing_url
-        for key, value in (("ip", browser.ip), ("user_agent", browser.user_agent)):
-            if value:
-                session_fields[key] = value
+        session_fields = browser.session_fields(now_ms, click.landing_url)
         try:
             session = await app[VISITORS].stitch(
                 StitchRequest(browser.visitor_id, (), session_fields, click), now_ms
