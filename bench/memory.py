@@ -81,7 +81,7 @@ class Sampler(threading.Thread):
 
 
 def kind(key: bytes) -> str:
-    """``ttgw:{q}:seen:…`` → ``{q}:seen``."""
+    """``ttgw:{q}:receipt:…`` → ``{q}:receipt``."""
     parts = key.decode(errors="replace").split(":")
     return ":".join(parts[1:3]) if len(parts) > 2 else key.decode(errors="replace")
 

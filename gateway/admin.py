@@ -34,6 +34,7 @@ from gateway.tiktok_spec import event_name_problem
 
 PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
 HOST_RE = re.compile(r"^(?!-)[a-z0-9.-]{1,253}$")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 STATES = ("queued", "retrying", "delivered", "dead", "suppressed")
 PAGE_MAX = 200
 
@@ -306,55 +307,45 @@ async def list_events(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50, 1, PAGE_MAX)
     since, until = _time_param(request, "since"), _time_param(request, "until")
     cursor = request.query.get("cursor")
-    high: str = str(until) if until is not None else "+inf"
-    skip_to: str | None = None
+    high = str(until) if until is not None else "+"
     if cursor:
         try:
             decoded = base64.urlsafe_b64decode(cursor.encode() + b"==").decode()
         except (ValueError, UnicodeDecodeError):
             decoded = ""
-        score, _, skip_to = decoded.partition(":")
-        if not score.isdigit() or not skip_to:
+        if not _STREAM_ID.fullmatch(decoded):
             raise BadRequest("not a cursor from a previous page", "cursor")
-        high = score
-    low = str(since) if since is not None else "-inf"
+        high = f"({decoded}"
+    low = str(since) if since is not None else "-"
     redis = request.config_dict[REDIS]
     found: list[dict[str, Any]] = []
     next_cursor: str | None = None
-    offset = 0
     while len(found) < limit:
         page = cast(
-            "list[tuple[bytes, float]]",
-            await redis.zrevrangebyscore(
-                keys.RECEIPT_INDEX_ZSET, high, low, start=offset, num=500, withscores=True
-            ),
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await redis.xrevrange(keys.RECEIPT_LOG_STREAM, high, low, count=500),
         )
         if not page:
             break
-        offset += len(page)
+        high = f"({page[-1][0].decode()}"
         pipe = redis.pipeline(transaction=False)
         members = []
-        for member_raw, score_value in page:
-            member = member_raw.decode()
-            if skip_to is not None:
-                if member == skip_to:
-                    skip_to = None
-                continue
-            p, e, i = member.split("\x1f", 2)
+        for raw_id, fields in page:
+            member = fields.get(b"d", b"").decode()
+            p, e, i = keys.split_dedup_id(member)
             if (pixel and p != pixel) or (event and e != event):
                 continue
-            members.append((member, int(score_value)))
+            members.append((member, raw_id.decode()))
             pipe.hgetall(keys.receipt_key(p, e, i))
-        for (member, score_int), raw in zip(members, await pipe.execute(), strict=True):
+        for (member, entry_id), raw in zip(members, await pipe.execute(), strict=True):
             if not raw:
                 continue
-            receipt = decode_receipt(raw)
+            receipt = decode_receipt(raw, member)
             if state and receipt.get("state") != state:
                 continue
             found.append(_summary(receipt))
             if len(found) == limit:
-                raw_cursor = f"{score_int}:{member}".encode()
-                next_cursor = base64.urlsafe_b64encode(raw_cursor).decode().rstrip("=")
+                next_cursor = base64.urlsafe_b64encode(entry_id.encode()).decode().rstrip("=")
                 break
     return _json({"events": found, "next_cursor": next_cursor})
 

@@ -3,10 +3,11 @@
 Keys touched together by one operation (one Lua script or MULTI/EXEC) share one hash tag, so the
 operation is legal on Redis Cluster:
 
-* ``{q}`` — the delivery queue: the event stream, its retry set, dead letters, the ingest
-  idempotency markers and delivery markers, receipts, the sandbox's record and queue counters.
-  Ingest ("seen" marker + XADD) and settlement (XACK + XDEL + receipt + "sent" marker, or
-  ZADD retry, or XADD dead) are single scripts over these keys.
+* ``{q}`` — the delivery queue: the event stream, its retry set, dead letters, receipts (which
+  double as the ingest idempotency markers), their time-ordered log and event_id index, delivery
+  markers, the sandbox's record and queue counters. Ingest (receipt check + XADD + receipt) and
+  settlement (XACK + XDEL + receipt + "sent" marker, or ZADD retry, or XADD dead) are single
+  scripts over these keys.
 * ``{id}`` — identity: visitors (click, ``_ttp``, IP, user agent), and the links from hashed
   email / phone / customer id to visitors. Stitching reads and writes these in one script.
 * ``{rl:<pixel>}`` — one rate limiter per pixel (its own tag: it is hot and touched alone).
@@ -35,29 +36,34 @@ def dedup_id(pixel_code: str, event: str, event_id: str) -> str:
     return f"{pixel_code}\x1f{event}\x1f{event_id}"
 
 
-def seen_key(pixel_code: str, event: str, event_id: str) -> str:
-    """Set at ingest for :data:`IDEMPOTENCY_TTL_S`: the same event is queued once."""
-    return f"{PREFIX}:{QUEUE_TAG}:seen:{dedup_id(pixel_code, event, event_id)}"
-
-
 def sent_key(pixel_code: str, event: str, event_id: str) -> str:
     """Set when TikTok accepted the event: it is never sent again inside the dedup window."""
     return f"{PREFIX}:{QUEUE_TAG}:sent:{dedup_id(pixel_code, event, event_id)}"
 
 
 def receipt_key(pixel_code: str, event: str, event_id: str) -> str:
-    """A hash with the event's delivery receipt, kept for :data:`RECEIPT_TTL_S`."""
+    """A hash with the event's delivery receipt, kept for :data:`RECEIPT_TTL_S`.
+
+    It is also the ingest idempotency marker: an event whose receipt (not ``suppressed``) was
+    received less than :data:`IDEMPOTENCY_TTL_S` ago is a duplicate and is not queued again.
+    """
     return f"{PREFIX}:{QUEUE_TAG}:receipt:{dedup_id(pixel_code, event, event_id)}"
 
 
-RECEIPT_INDEX_ZSET = f"{PREFIX}:{QUEUE_TAG}:receipts"  # member: dedup id, score: received ms
+def split_dedup_id(dedup: str) -> tuple[str, str, str]:
+    """``(pixel, event, event_id)`` of a :func:`dedup_id`."""
+    pixel, event, event_id = dedup.split("\x1f", 2)
+    return pixel, event, event_id
+
+
+# Receipts in the order they were received: a stream whose entries hold the dedup id (field
+# ``d``), trimmed past the receipt retention; its ids give the time (Redis's clock).
+RECEIPT_LOG_STREAM = f"{PREFIX}:{QUEUE_TAG}:receipt-log"
+# event_id → the ``pixel\x1fevent`` pairs it has receipts for, joined by ``\x1e``; a field
+# leaves when its log entry is trimmed.
+RECEIPT_IDS_HASH = f"{PREFIX}:{QUEUE_TAG}:receipt-ids"
 RETRY_DATA_HASH = f"{PREFIX}:{QUEUE_TAG}:retry-data"  # field: dedup id, value: the entry as JSON
 PROBE_LOCK_PREFIX = f"{PREFIX}:{QUEUE_TAG}:probe:"  # + pixel: one probe of a paused pixel at once
-
-
-def receipt_ids_key(event_id: str) -> str:
-    """The dedup ids of every receipt with this event_id (names may differ), for look-ups."""
-    return f"{PREFIX}:{QUEUE_TAG}:rid:{event_id}"
 
 
 # --- identity: hash tag {id} ----------------------------------------------------------------

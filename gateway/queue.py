@@ -1,10 +1,12 @@
 """The durable delivery queue in Redis: one stream of events ready to send, fed at ingest.
 
-Ingest acknowledges an event only after one Lua script has, atomically: checked the 48 h
-idempotency marker of ``(pixel, event, event_id)``, checked the queue's size limit, set the
-marker, appended the event to the stream, written its receipt and counted it. A repeat inside the
-window is answered as a duplicate and not queued again. Events suppressed by consent get a receipt
-that says so and are never queued. All keys of these scripts share the ``{q}`` hash tag.
+Ingest acknowledges an event only after one Lua script has, atomically: checked the receipt of
+``(pixel, event, event_id)`` (a receipt received less than 48 h ago, not ``suppressed``, makes it
+a duplicate: the receipt is the idempotency marker), checked the queue's size limit, appended the
+event to the stream, written its receipt, logged it in the receipt log and the event_id index,
+and counted it. A repeat inside the window is answered as a duplicate and not queued again.
+Events suppressed by consent get a receipt that says so and are never queued. All keys of these
+scripts share the ``{q}`` hash tag.
 
 Stream entry fields: ``pixel``, ``event``, ``event_id``, ``data`` (the TikTok ``data[]`` object as
 JSON, hashed and enriched), ``received_ms``, ``source`` (``browser`` or ``server``).
@@ -20,56 +22,97 @@ from enum import StrEnum
 from gateway import keys
 from gateway.connections import Lua, LuaCall, RedisClient, eval_many
 
-_ENQUEUE = Lua("""
--- KEYS: seen, stream, receipt, receipt index, counters, receipt ids of the event_id
--- ARGV: idempotency ttl s, queue max (0 = no limit), receipt ttl s, received ms, dedup id,
---       then the stream entry's field/value pairs
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[5], 'accepted', 1)
-  redis.call('HINCRBY', KEYS[5], 'duplicate', 1)
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'duplicates', 1) end
-  return 0
+# Shared by both ingest scripts. KEYS[1] is the receipt; the time-ordered receipt log and the
+# event_id index are named by the caller. A log entry past the retention leaves with its index
+# entry, unless the receipt was received again since (a repeat past the 48 h idempotency window,
+# so "since" means more than a day after the entry was logged: clocks may differ by a little).
+_RECORD = r"""
+local function split(d)
+  return string.match(d, '^([^\31]*\31[^\31]*)\31(.*)$')
 end
+local function record(log, ids, prefix, pair, event_id, received, ttl_ms)
+  redis.call('XADD', log, '*', 'd', pair .. '\31' .. event_id)
+  local have = redis.call('HGET', ids, event_id)
+  if not have then
+    redis.call('HSET', ids, event_id, pair)
+  elseif string.find('\30' .. have .. '\30', '\30' .. pair .. '\30', 1, true) == nil then
+    redis.call('HSET', ids, event_id, have .. '\30' .. pair)
+  end
+  local cutoff = received - ttl_ms
+  if cutoff <= 0 then return end
+  for _, e in ipairs(redis.call('XRANGE', log, '-', tostring(cutoff), 'COUNT', 4)) do
+    local d = e[2][2]
+    local old_pair, old_id = split(d)
+    local logged = tonumber(string.match(e[1], '^(%d+)'))
+    local renewed = tonumber(redis.call('HGET', prefix .. d, 'received_ms') or '0') > logged + 86400000
+    if old_pair and not renewed then
+      local kept = {}
+      for p in string.gmatch(redis.call('HGET', ids, old_id) or '', '[^\30]+') do
+        if p ~= old_pair then kept[#kept + 1] = p end
+      end
+      if #kept == 0 then redis.call('HDEL', ids, old_id)
+      else redis.call('HSET', ids, old_id, table.concat(kept, '\30')) end
+    end
+    redis.call('XDEL', log, e[1])
+  end
+end
+-- a live receipt (not suppressed, received inside the window) makes this event a duplicate
+local function duplicate(receipt, counters, received, window_ms)
+  local st = redis.call('HMGET', receipt, 'state', 'received_ms')
+  if st[1] and st[1] ~= 'suppressed' and received - tonumber(st[2] or '0') < window_ms then
+    redis.call('HINCRBY', counters, 'accepted', 1)
+    redis.call('HINCRBY', counters, 'duplicate', 1)
+    redis.call('HINCRBY', receipt, 'duplicates', 1)
+    return true
+  end
+  return false
+end
+"""
+
+_ENQUEUE = Lua(
+    _RECORD
+    + r"""
+-- KEYS: receipt, stream, receipt log, receipt ids, counters
+-- ARGV: idempotency ttl s, queue max (0 = no limit), receipt ttl s, received ms,
+--       pixel\31event, event_id, receipt key prefix, source, then the stream entry's pairs
+local received = tonumber(ARGV[4])
+if duplicate(KEYS[1], KEYS[5], received, tonumber(ARGV[1]) * 1000) then return 0 end
 local limit = tonumber(ARGV[2])
 if limit > 0 and redis.call('XLEN', KEYS[2]) >= limit then
   return -1
 end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
-local received = tonumber(ARGV[4])
--- the receipt gets every field but the payload (the last pair), which delivery records as sent
-redis.call('HSET', KEYS[3], 'state', 'queued', 'stream_id', id, 'attempts', 0,
-  unpack(fields, 1, #fields - 2))
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('ZADD', KEYS[4], received, ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', received - tonumber(ARGV[3]) * 1000)
-redis.call('SADD', KEYS[6], ARGV[5])
-redis.call('EXPIRE', KEYS[6], ARGV[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'stream_id', id, 'attempts', 0,
+  'source', ARGV[8], 'received_ms', ARGV[4])
+redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[3]), tonumber(ARGV[1])))
+record(KEYS[3], KEYS[4], ARGV[7], ARGV[5], ARGV[6], received, tonumber(ARGV[3]) * 1000)
 redis.call('HINCRBY', KEYS[5], 'accepted', 1)
 redis.call('HINCRBY', KEYS[5], 'queued', 1)
 return id
-""")
+"""
+)
 
-_SUPPRESS = Lua("""
--- KEYS: receipt, receipt index, counters, receipt ids of the event_id
--- ARGV: receipt ttl s, received ms, dedup id, reason, then field/value pairs
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+_SUPPRESS = Lua(
+    _RECORD
+    + r"""
+-- KEYS: receipt, receipt log, receipt ids, counters
+-- ARGV: idempotency ttl s, receipt ttl s, received ms, pixel\31event, event_id,
+--       receipt key prefix, source, reason
+local received = tonumber(ARGV[3])
+if duplicate(KEYS[1], KEYS[4], received, tonumber(ARGV[1]) * 1000) then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'state', 'suppressed', 'reason', ARGV[4], 'received_ms', ARGV[2],
-  unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local received = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[2], received, ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', received - tonumber(ARGV[1]) * 1000)
-redis.call('SADD', KEYS[4], ARGV[3])
-redis.call('EXPIRE', KEYS[4], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'accepted', 1)
-redis.call('HINCRBY', KEYS[3], 'suppressed', 1)
+redis.call('HSET', KEYS[1], 'state', 'suppressed', 'reason', ARGV[8], 'source', ARGV[7],
+  'received_ms', ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), tonumber(ARGV[1])))
+record(KEYS[2], KEYS[3], ARGV[6], ARGV[4], ARGV[5], received, tonumber(ARGV[2]) * 1000)
+redis.call('HINCRBY', KEYS[4], 'accepted', 1)
+redis.call('HINCRBY', KEYS[4], 'suppressed', 1)
 return 1
-""")
+"""
+)
 
 
 class QueueFull(Exception):
@@ -116,52 +159,51 @@ class IngestQueue:
         items queued before that stay queued (a retry of the request sees them as duplicates).
         """
         received_ms = int((time.time() if now is None else now) * 1000)
+        prefix = keys.receipt_key("", "", "")[: -len(keys.dedup_id("", "", ""))]
         calls: list[LuaCall] = []
         for item in items:
-            dedup = keys.dedup_id(item.pixel, item.event, item.event_id)
-            fields: list[str | bytes | int] = [
-                "pixel", item.pixel, "event", item.event, "event_id", item.event_id,
-                "source", item.source, "received_ms", received_ms, "data", item.data,
-            ]  # fmt: skip
             receipt = keys.receipt_key(item.pixel, item.event, item.event_id)
-            rids = keys.receipt_ids_key(item.event_id)
+            pair = f"{item.pixel}\x1f{item.event}"
             if item.suppressed is not None:
                 calls.append(
                     (
                         _SUPPRESS,
-                        [receipt, keys.RECEIPT_INDEX_ZSET, keys.COUNTERS_HASH, rids],
-                        [receipt_ttl_s, received_ms, dedup, item.suppressed, *fields[:-2]],
+                        [receipt, keys.RECEIPT_LOG_STREAM, keys.RECEIPT_IDS_HASH,
+                         keys.COUNTERS_HASH],
+                        [
+                            keys.IDEMPOTENCY_TTL_S, receipt_ttl_s, received_ms, pair,
+                            item.event_id, prefix, item.source, item.suppressed,
+                        ],
                     )
-                )
+                )  # fmt: skip
                 continue
+            fields: list[str | bytes | int] = [
+                "pixel", item.pixel, "event", item.event, "event_id", item.event_id,
+                "source", item.source, "received_ms", received_ms, "data", item.data,
+            ]  # fmt: skip
             calls.append(
                 (
                     _ENQUEUE,
                     [
-                        keys.seen_key(item.pixel, item.event, item.event_id),
-                        keys.EVENTS_STREAM,
                         receipt,
-                        keys.RECEIPT_INDEX_ZSET,
+                        keys.EVENTS_STREAM,
+                        keys.RECEIPT_LOG_STREAM,
+                        keys.RECEIPT_IDS_HASH,
                         keys.COUNTERS_HASH,
-                        rids,
                     ],
                     [
-                        keys.IDEMPOTENCY_TTL_S,
-                        max_events,
-                        receipt_ttl_s,
-                        received_ms,
-                        dedup,
-                        *fields,
+                        keys.IDEMPOTENCY_TTL_S, max_events, receipt_ttl_s, received_ms, pair,
+                        item.event_id, prefix, item.source, *fields,
                     ],
                 )
-            )
+            )  # fmt: skip
         results = await eval_many(self.redis, calls)
         statuses: list[Status] = []
         for item, result in zip(items, results, strict=True):
-            if item.suppressed is not None:
-                statuses.append(Status.SUPPRESSED)
-            elif result == 0:
+            if result == 0:
                 statuses.append(Status.DUPLICATE)
+            elif item.suppressed is not None:
+                statuses.append(Status.SUPPRESSED)
             elif result == -1:
                 raise QueueFull(f"the delivery queue holds {max_events} events")
             else:

@@ -7,6 +7,11 @@ every settlement, kept ``TTGW_RECEIPT_TTL_S``: ``state`` (``queued``, ``retrying
 ``payload`` sent (the event object with hashed identifiers; the access token is never part of
 it). A repeat of the same event (at ingest, or a copy found already delivered before sending)
 does not overwrite the receipt: it is counted in its ``duplicates`` field.
+
+The receipt doubles as the ingest idempotency marker (see ``queue.py``). Receipts are found by
+event_id through ``keys.RECEIPT_IDS_HASH`` and listed newest first through
+``keys.RECEIPT_LOG_STREAM``; the hash itself holds no pixel, event name or event_id (its key
+does).
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ INTEGER_FIELDS = (
 )  # fmt: skip
 
 
-def decode_receipt(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    """A receipt hash as a dict, numbers as ints and the payload parsed."""
-    receipt: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+def decode_receipt(raw: dict[bytes, bytes], dedup: str) -> dict[str, Any]:
+    """A receipt hash as a dict, with its pixel, event and event_id (from its key's
+    ``dedup``), numbers as ints and the payload parsed."""
+    pixel, event, event_id = keys.split_dedup_id(dedup)
+    receipt: dict[str, Any] = {"pixel": pixel, "event": event, "event_id": event_id}
+    receipt.update((k.decode(), v.decode()) for k, v in raw.items())
     for name in INTEGER_FIELDS:
         value = receipt.get(name)
         receipt[name] = int(value) if value not in (None, "") else None
@@ -37,13 +45,17 @@ def decode_receipt(raw: dict[bytes, bytes]) -> dict[str, Any]:
 
 async def receipts_for(redis: RedisClient, event_id: str) -> list[dict[str, Any]]:
     """Every receipt with ``event_id`` (one per pixel and event name), oldest first."""
-    raw = cast("set[bytes]", await redis.smembers(keys.receipt_ids_key(event_id)))
-    members = sorted(m.decode() for m in raw)
+    raw = cast("bytes | None", await redis.hget(keys.RECEIPT_IDS_HASH, event_id))
+    pairs = (raw or b"").decode().split("\x1e")
+    members = sorted(f"{pair}\x1f{event_id}" for pair in pairs if pair)
     pipe = redis.pipeline(transaction=False)
     for member in members:
-        pixel, event, eid = member.split("\x1f", 2)
-        pipe.hgetall(keys.receipt_key(pixel, event, eid))
-    found = [decode_receipt(raw) for raw in await pipe.execute() if raw]
+        pipe.hgetall(keys.receipt_key(*keys.split_dedup_id(member)))
+    found = [
+        decode_receipt(raw, member)
+        for member, raw in zip(members, await pipe.execute(), strict=True)
+        if raw
+    ]
     return sorted(found, key=lambda r: r.get("received_ms") or 0)
 
 

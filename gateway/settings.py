@@ -112,10 +112,12 @@ class Settings:
     generated_secrets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.receipt_ttl_s < self.dead_letter_after_s:
+        if self.receipt_ttl_s < max(self.dead_letter_after_s, keys.IDEMPOTENCY_TTL_S):
             raise SettingsError(
                 "TTGW_RECEIPT_TTL_S",
-                "must be at least TTGW_DEAD_LETTER_AFTER_S: a receipt must outlive its event",
+                f"must be at least {keys.IDEMPOTENCY_TTL_S} (TikTok's 48 h dedup window: the "
+                "receipt is the idempotency marker) and at least TTGW_DEAD_LETTER_AFTER_S "
+                "(a receipt must outlive its event)",
             )
 
     @property

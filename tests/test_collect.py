@@ -193,8 +193,9 @@ async def test_a_repeat_within_48h_is_a_duplicate_and_not_queued(
     assert first["accepted"][0]["status"] == "queued"
     assert [a["status"] for a in second["accepted"]] == ["duplicate", "queued"]  # other event name
     assert await redis.xlen(keys.EVENTS_STREAM) == 2
-    ttl = await redis.ttl(keys.seen_key("SANDBOX0000000000000", "Purchase", "ord_1"))
-    assert keys.IDEMPOTENCY_TTL_S - 60 < ttl <= keys.IDEMPOTENCY_TTL_S
+    # the receipt is the idempotency marker: it outlives the 48 h window
+    ttl = await redis.ttl(keys.receipt_key("SANDBOX0000000000000", "Purchase", "ord_1"))
+    assert keys.IDEMPOTENCY_TTL_S < ttl <= keys.RECEIPT_TTL_S
     counters = await redis.hgetall(keys.COUNTERS_HASH)
     assert counters[b"accepted"] == b"3"
     assert counters[b"duplicate"] == b"1"

@@ -21,8 +21,8 @@ def test_queue_operation_keys_share_one_slot() -> None:
         keys.DEAD_STREAM,
         keys.SANDBOX_STREAM,
         keys.COUNTERS_HASH,
-        keys.RECEIPT_INDEX_ZSET,
-        keys.seen_key(PIXEL, EVENT, EVENT_ID),
+        keys.RECEIPT_LOG_STREAM,
+        keys.RECEIPT_IDS_HASH,
         keys.sent_key(PIXEL, EVENT, EVENT_ID),
         keys.receipt_key(PIXEL, EVENT, EVENT_ID),
     ]
@@ -50,7 +50,7 @@ def test_every_key_has_the_prefix_and_one_hash_tag() -> None:
         for name, value in vars(keys).items()
         if isinstance(value, str) and name.isupper() and value.startswith(keys.PREFIX + ":")
     ] + [
-        keys.seen_key(PIXEL, EVENT, EVENT_ID),
+        keys.receipt_key(PIXEL, EVENT, EVENT_ID),
         keys.visitor_key("v"),
         keys.ratelimit_key(PIXEL),
         keys.minute_stats_key(7),
@@ -63,7 +63,8 @@ def test_every_key_has_the_prefix_and_one_hash_tag() -> None:
 
 def test_dedup_identity_separates_its_parts() -> None:
     """("a:b", "c") and ("a", "b:c") must not collide."""
-    assert keys.seen_key("P", "a:b", "c") != keys.seen_key("P", "a", "b:c")
+    assert keys.receipt_key("P", "a:b", "c") != keys.receipt_key("P", "a", "b:c")
+    assert keys.split_dedup_id(keys.dedup_id("P", "a:b", "c\x1fd")) == ("P", "a:b", "c\x1fd")
 
 
 def test_tunables_carry_units() -> None:
