@@ -7,6 +7,7 @@ client first, then the HTTP client session. State is stored under typed ``web.Ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -18,8 +19,18 @@ from aiohttp import web
 
 from gateway import __version__, collect, collector, dashboard, keys, landing
 from gateway.admin import create_admin_app
-from gateway.appkeys import HTTP, INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, STORE, VISITORS
-from gateway.connections import REDIS_ERRORS, RedisOptions, make_redis
+from gateway.appkeys import (
+    COALESCER,
+    HTTP,
+    INGEST,
+    INTEGRATIONS,
+    REDIS,
+    SETTINGS,
+    SIGNER,
+    STORE,
+    VISITORS,
+)
+from gateway.connections import REDIS_ERRORS, Coalescer, RedisOptions, make_redis
 from gateway.cookies import CookieSigner
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
@@ -27,6 +38,7 @@ from gateway.metrics import metrics_handler
 from gateway.proxy import PREFIX, ProxyConfig, create_proxy_app
 from gateway.queue import IngestQueue
 from gateway.settings import Settings
+from gateway.stats import flow_calls
 from gateway.visitors import VisitorStore
 
 __all__ = ["HTTP", "REDIS", "SETTINGS", "create_app"]
@@ -76,8 +88,10 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     assert settings.redis_url is not None  # checked by create_app
     client = make_redis(settings.redis_url, RedisOptions())
     app[REDIS] = client
-    app[INGEST] = IngestQueue(client)
-    app[VISITORS] = VisitorStore(client)
+    # every request's scripts of one loop iteration share a round trip (group commit)
+    app[COALESCER] = coalescer = Coalescer(client, flow_calls)
+    app[INGEST] = IngestQueue(client, coalescer.run)
+    app[VISITORS] = VisitorStore(client, coalescer.run)
     app[STORE] = store = IntegrationStore(client, TokenBox(settings.secret_key))
     stop = asyncio.Event()
     # integrations changed through the admin API reach this process within seconds
@@ -85,6 +99,8 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     yield
     stop.set()
     await asyncio.gather(refresher, return_exceptions=True)
+    with contextlib.suppress(*REDIS_ERRORS):  # counters are best effort; events are settled
+        await coalescer.aclose()
     await client.aclose()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from gateway.connections import RedisClient
+from gateway.connections import Coalescer, RedisClient
 from gateway.cookies import CookieSigner
 from gateway.integrations import Integrations, IntegrationStore
 from gateway.queue import IngestQueue
@@ -20,3 +20,4 @@ INTEGRATIONS: web.AppKey[Integrations] = web.AppKey("integrations", Integrations
 INGEST: web.AppKey[IngestQueue] = web.AppKey("ingest", IngestQueue)
 VISITORS: web.AppKey[VisitorStore] = web.AppKey("visitors", VisitorStore)
 STORE: web.AppKey[IntegrationStore] = web.AppKey("integration_store", IntegrationStore)
+COALESCER: web.AppKey[Coalescer] = web.AppKey("coalescer", Coalescer)

@@ -12,7 +12,6 @@ Redis is unreachable, full (``noeviction`` out of memory) or the queue holds
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.appkeys import INGEST, INTEGRATIONS, REDIS, SETTINGS, SIGNER, VISITORS
+from gateway.appkeys import COALESCER, INGEST, INTEGRATIONS, SETTINGS, SIGNER, VISITORS
 from gateway.browser import BrowserRequest, read_browser, set_cookie_headers
 from gateway.connections import REDIS_ERRORS
 from gateway.consent import decide
@@ -40,7 +39,7 @@ from gateway.logs import get_logger
 from gateway.metrics import CLICKS_CAPTURED, EVENTS_INGESTED, EVENTS_REJECTED, MATCH_KEYS_SEEN
 from gateway.queue import Outgoing, QueueFull, Status
 from gateway.settings import Integration
-from gateway.stats import count_flow, present_keys
+from gateway.stats import present_keys
 from gateway.visitors import Session, StitchRequest
 
 log = get_logger("gateway.collect")
@@ -187,9 +186,8 @@ async def _queue(
                 MATCH_KEYS_SEEN.labels(event["event"], "total").inc()
                 for key in present_keys(event):
                     MATCH_KEYS_SEEN.labels(event["event"], key).inc()
-        queued = sum(1 for s in statuses if s is Status.QUEUED)
-        with contextlib.suppress(*REDIS_ERRORS):  # a chart may miss a count, not an event
-            await count_flow(request.app[REDIS], {"accepted": queued})
+        # written with the next round trip; a chart may miss a count, never an event
+        request.app[COALESCER].count({"accepted": sum(1 for s in statuses if s is Status.QUEUED)})
     answers.sort(key=lambda a: int(a["index"]))
     return answers
 

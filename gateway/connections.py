@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
@@ -26,7 +27,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from gateway import keys
 
@@ -136,14 +137,15 @@ class Lua:
     """A Lua script run by its SHA-1, loaded on first use (and again after a SCRIPT FLUSH)."""
 
     source: str
+    sha: str = field(init=False)  # the script's SHA-1, as EVALSHA names it
 
-    @property
-    def sha(self) -> str:
-        """The script's SHA-1, as EVALSHA names it."""
-        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+    def __post_init__(self) -> None:
+        sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        object.__setattr__(self, "sha", sha)
 
 
 LuaCall = tuple[Lua, Sequence[str], Sequence[str | bytes | int | float]]
+RunCalls: TypeAlias = Callable[[Sequence[LuaCall]], Awaitable[list[Any]]]
 
 
 async def eval_many(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
@@ -154,6 +156,15 @@ async def eval_many(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
     Cluster, which refuses scripts in pipelines, the calls go concurrently instead, each routed
     to the node of its keys (all keys of one call share a hash tag).
     """
+    results = await _eval_each(redis, calls)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+async def _eval_each(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
+    """:func:`eval_many`, but a call's error is its result (the others' stand)."""
     if isinstance(redis, RedisCluster):
         limit = asyncio.Semaphore(CLUSTER_SCRIPT_CONCURRENCY)
 
@@ -165,6 +176,8 @@ async def eval_many(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
                 except NoScriptError:
                     await redis.script_load(script.source)
                     return await redis.evalsha(script.sha, len(script_keys), *script_keys, *args)
+                except ResponseError as exc:
+                    return exc
 
         return list(await asyncio.gather(*(one(call) for call in calls)))
     pending = list(range(len(calls)))
@@ -179,8 +192,6 @@ async def eval_many(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
         for i, reply in zip(pending, replies, strict=True):
             if isinstance(reply, NoScriptError):
                 missing.append(i)
-            elif isinstance(reply, Exception):
-                raise reply
             else:
                 results[i] = reply
         if not missing:
@@ -189,3 +200,92 @@ async def eval_many(redis: RedisClient, calls: Sequence[LuaCall]) -> list[Any]:
             await redis.script_load(script.source)
         pending = missing
     raise NoScriptError("scripts could not be loaded")
+
+
+COALESCE_IN_FLIGHT = 2  # round trips of one process in flight at once; more calls wait and join
+
+
+class Coalescer:
+    """Group commit for the web process: the script calls of every request that reaches Redis
+    in the same event-loop iteration go in one pipelined round trip (measured in
+    ``bench/hotspots.py``: a round trip per request cost more CPU than all the rest of ingest).
+
+    Each caller gets its own calls' results, or the error of its own first failing call; a
+    lost connection fails every caller of that round trip (each answers 503, nothing is
+    half-done that a retry would not see as a duplicate). Counters added with :meth:`count`
+    ride along in the next round trip, best effort: their errors are ignored.
+    """
+
+    def __init__(
+        self, redis: RedisClient, counter: Callable[[Mapping[str, int]], list[LuaCall]]
+    ) -> None:
+        self.redis = redis
+        self._counter = counter
+        self._pending: list[tuple[Sequence[LuaCall], asyncio.Future[list[Any]]]] = []
+        self._counts: Counter[str] = Counter()
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def run(self, calls: Sequence[LuaCall]) -> list[Any]:
+        """Run ``calls`` with the other requests' of this loop iteration; their results."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((calls, future))
+        self._schedule()
+        results = await future
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def count(self, counts: Mapping[str, int]) -> None:
+        """Add to counters written with the next round trip."""
+        self._counts.update({k: v for k, v in counts.items() if v})
+        if self._counts:
+            self._schedule()
+
+    async def aclose(self) -> None:
+        """Wait for round trips in flight and write the counters still held."""
+        while self._flushes or self._pending or self._counts:
+            if self._pending or self._counts:
+                self._flush()  # now, not at the next loop iteration
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    def _schedule(self) -> None:
+        # under load, calls wait for a round trip in flight and go together in the next one
+        if not self._scheduled and len(self._flushes) < COALESCE_IN_FLIGHT:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        counts, self._counts = self._counts, Counter()
+        if not batch and not counts:
+            return
+        task = asyncio.ensure_future(self._send(batch, self._counter(counts) if counts else []))
+        self._flushes.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if self._pending or self._counts:
+            self._schedule()
+
+    async def _send(
+        self, batch: list[tuple[Sequence[LuaCall], asyncio.Future[list[Any]]]], extra: list[LuaCall]
+    ) -> None:
+        calls = [call for calls, _ in batch for call in calls] + extra
+        try:
+            results = await _eval_each(self.redis, calls)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for calls_of, future in batch:
+            if not future.done():  # a caller that went away (client aborted) is skipped
+                future.set_result(results[start : start + len(calls_of)])
+            start += len(calls_of)

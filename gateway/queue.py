@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 
 from gateway import keys
-from gateway.connections import Lua, LuaCall, RedisClient, eval_many
+from gateway.connections import Lua, LuaCall, RedisClient, RunCalls, eval_many
 
 # Shared by both ingest scripts. KEYS[1] is the receipt; the time-ordered receipt log and the
 # event_id index are named by the caller. A log entry past the retention leaves with its index
@@ -44,7 +45,8 @@ local function record(log, ids, prefix, pair, event_id, received, ttl_ms)
     local d = e[2][2]
     local old_pair, old_id = split(d)
     local logged = tonumber(string.match(e[1], '^(%d+)'))
-    local renewed = tonumber(redis.call('HGET', prefix .. d, 'received_ms') or '0') > logged + 86400000
+    local again = tonumber(redis.call('HGET', prefix .. d, 'received_ms') or '0')
+    local renewed = again > logged + 86400000
     if old_pair and not renewed then
       local kept = {}
       for p in string.gmatch(redis.call('HGET', ids, old_id) or '', '[^\30]+') do
@@ -142,8 +144,9 @@ class Outgoing:
 class IngestQueue:
     """The ingest side of the queue."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, run: RunCalls | None = None) -> None:
         self.redis = redis
+        self._run: RunCalls = run or partial(eval_many, redis)
 
     async def submit(
         self,
@@ -197,7 +200,7 @@ class IngestQueue:
                     ],
                 )
             )  # fmt: skip
-        results = await eval_many(self.redis, calls)
+        results = await self._run(calls)
         statuses: list[Status] = []
         for item, result in zip(items, results, strict=True):
             if result == 0:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
 
 from gateway import keys
-from gateway.connections import Lua, LuaCall, RedisClient, eval_many
+from gateway.connections import Lua, LuaCall, RedisClient, RunCalls, eval_many
 
 LINK_KINDS = ("user_id", "email", "phone")  # lookup order for server events: most specific first
 LINK_KEEP = 20  # visitors remembered per identifier
@@ -147,8 +148,9 @@ class StitchRequest:
 class VisitorStore:
     """Reads and writes visitors and links."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, run: RunCalls | None = None) -> None:
         self.redis = redis
+        self._run: RunCalls = run or partial(eval_many, redis)
 
     async def stitch_many(self, requests: Sequence[StitchRequest], now_ms: int) -> list[Session]:
         """Apply every request in one round trip; the resulting session of each, in order."""
@@ -167,7 +169,7 @@ class VisitorStore:
                 keys.visitor_key(""), orjson.dumps(update), LINK_KEEP,
             ]  # fmt: skip
             calls.append((_STITCH, [keys.visitor_key(visitor or "-"), *link_keys], args))
-        replies = await eval_many(self.redis, calls)
+        replies = await self._run(calls)
         return [_session(reply, now_ms) for reply in replies]
 
     async def stitch(self, request: StitchRequest, now_ms: int) -> Session:

@@ -1,0 +1,125 @@
+"""Group commit in the web process (``connections.Coalescer``) against a real Redis: requests of
+one loop iteration share a round trip, each gets its own results or its own error, a lost
+connection fails every caller of that round trip, and counters ride along."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway import keys
+from gateway.connections import Coalescer, Lua, LuaCall, make_redis
+from gateway.stats import flow_calls, minute
+
+ECHO = Lua("redis.call('INCR', KEYS[1]) return ARGV[1]")
+FAIL = Lua("return redis.error_reply('boom ' .. ARGV[1])")
+
+
+class CountingRedis:
+    """A real client whose pipelines are counted (one pipeline is one round trip)."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self.pipelines = 0
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self.pipelines += 1
+        return self.client.pipeline(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def echo(n: int) -> LuaCall:
+    return (ECHO, ["{q}:calls"], [f"r{n}"])
+
+
+async def load_scripts(client: Redis) -> None:
+    """Scripts known to the server, so a first call is not run again after NOSCRIPT."""
+    await client.script_load(ECHO.source)
+    await client.script_load(flow_calls({"accepted": 1})[0][0].source)
+
+
+async def test_concurrent_requests_share_one_round_trip_and_get_their_own_results(
+    redis_url: str, redis: Redis
+) -> None:
+    client = make_redis(redis_url)
+    await load_scripts(client)
+    counting = CountingRedis(client)
+    coalescer = Coalescer(counting, flow_calls)  # type: ignore[arg-type]
+    try:
+        results = await asyncio.gather(
+            *(coalescer.run([echo(n), echo(n + 100)]) for n in range(50))
+        )
+        assert results == [[f"r{n}".encode(), f"r{n + 100}".encode()] for n in range(50)]
+        assert counting.pipelines == 1
+        assert await redis.get("{q}:calls") == b"100"
+    finally:
+        await coalescer.aclose()
+        await client.aclose()
+
+
+async def test_a_failing_call_fails_only_its_caller(redis_url: str, redis: Redis) -> None:
+    client = make_redis(redis_url)
+    coalescer = Coalescer(client, flow_calls)
+    try:
+        good, bad, also_good = await asyncio.gather(
+            coalescer.run([echo(1)]),
+            coalescer.run([echo(2), (FAIL, ["{q}:x"], ["two"])]),
+            coalescer.run([echo(3)]),
+            return_exceptions=True,
+        )
+        assert good == [b"r1"]
+        assert also_good == [b"r3"]
+        assert isinstance(bad, ResponseError)
+        assert "boom two" in str(bad)
+        assert await redis.get("{q}:calls") == b"3"  # the failing caller's first call ran
+    finally:
+        await coalescer.aclose()
+        await client.aclose()
+
+
+async def test_counters_ride_along_and_are_written_at_close(redis_url: str, redis: Redis) -> None:
+    client = make_redis(redis_url)
+    await load_scripts(client)
+    counting = CountingRedis(client)
+    coalescer = Coalescer(counting, flow_calls)  # type: ignore[arg-type]
+    try:
+        coalescer.count({"accepted": 2})
+        coalescer.count({"accepted": 3, "dead": 0})
+        assert await coalescer.run([echo(1)]) == [b"r1"]
+        key = keys.minute_stats_key(minute())
+        assert await redis.hget(key, "accepted") == b"5"
+        assert counting.pipelines == 1
+        coalescer.count({"accepted": 1})
+        await coalescer.aclose()
+        assert await redis.hget(key, "accepted") == b"6"
+        assert 0 < await redis.ttl(key) <= keys.MINUTE_STATS_TTL_S
+    finally:
+        await client.aclose()
+
+
+async def test_a_lost_connection_fails_every_caller_of_the_round_trip() -> None:
+    client = make_redis("redis://127.0.0.1:1/0")  # nothing listens on port 1
+
+    def no_counts(counts: Mapping[str, int]) -> list[LuaCall]:
+        return []
+
+    coalescer = Coalescer(client, no_counts)
+    try:
+        outcomes = await asyncio.gather(
+            *(coalescer.run([echo(n)]) for n in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(o, RedisConnectionError) for o in outcomes), outcomes
+        # and the coalescer still works for the next callers (they fail the same way, no hang)
+        with pytest.raises(RedisConnectionError):
+            await coalescer.run([echo(9)])
+    finally:
+        await coalescer.aclose()
+        await client.aclose()
