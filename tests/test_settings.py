@@ -140,6 +140,8 @@ def test_bootstrap_integration(make_settings: MakeSettings) -> None:
         ({"TTGW_LOG_LEVEL": "chatty"}, "TTGW_LOG_LEVEL"),
         ({"TTGW_PIXEL_ORIGIN": "https://analytics.tiktok.com/path"}, "TTGW_PIXEL_ORIGIN"),
         ({"TTGW_PIXEL_ORIGIN": "ftp://x"}, "TTGW_PIXEL_ORIGIN"),
+        # the receipt is the 48 h idempotency marker: it cannot be kept for less
+        ({"TTGW_RECEIPT_TTL_S": str(47 * 3600)}, "TTGW_RECEIPT_TTL_S"),
     ],
 )
 def test_bad_values_name_the_variable(
