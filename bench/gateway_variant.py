@@ -1,13 +1,12 @@
 """Run ``python -m gateway ...`` with a what-if applied, for the ingest profile (never production).
 
-``python bench/gateway_variant.py [--uvloop] [--no-flow-count] [--extra-path DIR]
-[--profile OUT] -- serve --port P``
+``python bench/gateway_variant.py [--no-redis] [--extra-path DIR] [--profile OUT] -- serve
+--port P``
 
-* ``--uvloop``: the gateway's own code, unchanged, on uvloop's event loop (``asyncio.run`` picks
-  the policy's loop) — what adding uvloop to ``gateway/cli.py`` would give;
-* ``--no-flow-count``: ``POST /e`` skips its per-request ``count_flow`` round trip to Redis (the
-  dashboard's per-minute "accepted" counter) — the upper bound of batching that counter in memory
-  and flushing it once a second;
+* ``--no-redis``: the web process's group commit (``connections.Coalescer.run``) answers every
+  script call at once without Redis (stitch: an unknown visitor; enqueue: queued) — everything
+  else of ``POST /e`` runs unchanged. The ceiling of the Python path: what ingest would do if
+  Redis cost nothing;
 * ``--extra-path DIR``: put DIR first on ``sys.path`` — e.g. a ``pip install --target DIR
   hiredis``, which redis-py then uses to parse replies, without touching the venv;
 * ``--profile FILE``: pyinstrument samples the whole process until it exits (SIGTERM/SIGINT end
@@ -18,14 +17,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--uvloop", action="store_true")
-    parser.add_argument("--no-flow-count", action="store_true")
+    parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--extra-path")
     parser.add_argument("--profile")
     parser.add_argument("gateway_args", nargs=argparse.REMAINDER)
@@ -33,17 +30,13 @@ def main() -> int:
     gateway_args = [a for a in args.gateway_args if a != "--"]
     if args.extra_path:
         sys.path.insert(0, args.extra_path)
-    if args.no_flow_count:
-        from gateway import collect
+    if args.no_redis:
+        from gateway import connections, visitors
 
-        async def no_count(*_: object, **__: object) -> None:
-            return None
+        async def answer(_: object, calls: list[connections.LuaCall]) -> list[object]:
+            return [[] if script is visitors._STITCH else b"0-1" for script, _, _ in calls]
 
-        setattr(collect, "count_flow", no_count)  # noqa: B010  (a what-if, not a code change)
-    if args.uvloop:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        setattr(connections.Coalescer, "run", answer)  # noqa: B010  (a what-if, not a code change)
     from gateway.cli import main as gateway_main
 
     if not args.profile:

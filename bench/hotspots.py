@@ -94,21 +94,16 @@ def shares(path: Path, top: int) -> tuple[Table, Table]:
 
 def variants(hiredis: str | None) -> dict[str, tuple[list[str], dict[str, str]]]:
     """Name → (command prefix, extra environment) of each web-process variant."""
-    out: dict[str, tuple[list[str], dict[str, str]]] = {
+    del hiredis  # hiredis is a dependency now: every variant parses replies with it
+    return {
         "stock": ([], {}),
-        "uvloop": ([*VARIANT, "--uvloop", "--"], {}),
-        "uvloop, no request log": ([*VARIANT, "--uvloop", "--"], {"TTGW_LOG_LEVEL": "warning"}),
-        "uvloop, no request log, no count_flow": (
-            [*VARIANT, "--uvloop", "--no-flow-count", "--"],
+        "no request log": ([], {"TTGW_LOG_LEVEL": "warning"}),
+        "no Redis work (what-if)": ([*VARIANT, "--no-redis", "--"], {}),
+        "no Redis work, no request log (what-if)": (
+            [*VARIANT, "--no-redis", "--"],
             {"TTGW_LOG_LEVEL": "warning"},
         ),
     }
-    if hiredis:
-        out["all three + hiredis"] = (
-            [*VARIANT, "--uvloop", "--no-flow-count", "--extra-path", hiredis, "--"],
-            {"TTGW_LOG_LEVEL": "warning"},
-        )
-    return out
 
 
 def ingest_part(ws: Workspace, redis_url: str, report: Report, args: argparse.Namespace) -> None:

@@ -4,7 +4,9 @@ Each entry read is settled exactly one way, atomically (XACK + XDEL + receipt + 
 Lua script, all keys under ``{q}``):
 
 * **delivered** — TikTok accepted it: the ``sent`` marker (48 h) is set, so a retry, a reclaim, a
-  replay or a late duplicate of the same ``(pixel, event, event_id)`` is never sent again;
+  replay or a late duplicate of the same ``(pixel, event, event_id)`` is never sent again. The
+  entries of one request are settled by one script call (Redis cuts each receipt's payload from
+  the request body, passed once), not one call per entry;
 * **already sent** — found a ``sent`` marker before sending: settled as a duplicate, not sent;
 * **retrying** — moved to the retry sorted set (score = due time, the entry itself in a hash)
   and brought back into the stream by :meth:`Outbox.move_due` when due;
@@ -30,21 +32,43 @@ from gateway import keys
 from gateway.connections import Lua, LuaCall, RedisClient, eval_many
 
 _DELIVERED = Lua("""
--- KEYS: stream, sent marker, receipt, counters
--- ARGV: stream id, group, sent ttl s, receipt ttl s, then receipt field/value pairs
-redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
-redis.call('XDEL', KEYS[1], ARGV[1])
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) == false then
-  redis.call('HINCRBY', KEYS[4], 'duplicate', 1)
-  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
-  return 0
+-- KEYS: stream, counters, then each entry's sent marker and receipt
+-- ARGV: group, sent ttl s, receipt ttl s, the request body, where data[0] starts in it (1-based),
+--       the number of receipt pairs common to every entry, those pairs, then for each entry:
+--       stream id, attempts, first try ms, length of its JSON in the body
+-- One call settles a whole request: each entry's change is the same as if settled alone.
+local stream, counters, group = KEYS[1], KEYS[2], ARGV[1]
+local body, at, m = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local common = {}
+for i = 7, 6 + m do common[#common + 1] = ARGV[i] end
+local n = (#KEYS - 2) / 2
+local ids = {}
+local delivered, duplicate = 0, 0
+for i = 1, n do
+  local a = 3 + m + 4 * i
+  local receipt = KEYS[2 + 2 * i]
+  local size = tonumber(ARGV[a + 3])
+  ids[i] = ARGV[a]
+  if redis.call('SET', KEYS[1 + 2 * i], '1', 'NX', 'EX', ARGV[2]) then
+    redis.call('HSET', receipt, 'state', 'delivered', 'attempts', ARGV[a + 1],
+      'first_try_ms', ARGV[a + 2], 'payload', string.sub(body, at, at + size - 1), unpack(common))
+    redis.call('EXPIRE', receipt, ARGV[3])
+    delivered = delivered + 1
+  else
+    -- a copy was delivered meanwhile (a racing worker): its receipt stands, this is a repeat
+    redis.call('HINCRBY', receipt, 'duplicates', 1)
+    duplicate = duplicate + 1
+  end
+  at = at + size + 1
 end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[3], 'state', 'delivered', unpack(fields))
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('HINCRBY', KEYS[4], 'delivered', 1)
-return 1
+for i = 1, n, 1000 do  -- unpack() is bounded by Lua's C stack
+  local last = math.min(i + 999, n)
+  redis.call('XACK', stream, group, unpack(ids, i, last))
+  redis.call('XDEL', stream, unpack(ids, i, last))
+end
+if delivered > 0 then redis.call('HINCRBY', counters, 'delivered', delivered) end
+if duplicate > 0 then redis.call('HINCRBY', counters, 'duplicate', duplicate) end
+return {delivered, duplicate}
 """)
 
 _ALREADY_SENT = Lua("""
@@ -147,7 +171,7 @@ class Entry:
     data: bytes
     attempts: int = 0
     first_try_ms: int = 0
-    parsed: dict[str, Any] | None = field(default=None, repr=False)
+    shape: Mapping[str, Any] | None = field(default=None, repr=False)  # for coverage counters
 
     @property
     def dedup(self) -> str:
@@ -272,11 +296,11 @@ class Outbox:
             )  # fmt: skip
 
     async def already_sent(self, entries: Sequence[Entry]) -> list[bool]:
-        """Which entries TikTok already accepted (inside the 48 h window)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for entry in entries:
-            pipe.exists(keys.sent_key(entry.pixel, entry.event, entry.event_id))
-        return [bool(n) for n in await pipe.execute()]
+        """Which entries TikTok already accepted (inside the 48 h window): one MGET."""
+        if not entries:
+            return []
+        names = [keys.sent_key(e.pixel, e.event, e.event_id) for e in entries]
+        return [marker is not None for marker in await self.redis.mget(names)]
 
     def _receipt(self, entry: Entry, now_ms: int) -> list[str]:
         return [
@@ -295,27 +319,29 @@ class Outbox:
         if calls:
             await eval_many(self.redis, calls)
 
-    def delivered(self, entry: Entry, outcome: Outcome, now_ms: int) -> LuaCall:
-        """Settle an entry TikTok accepted."""
-        return (
-            _DELIVERED,
-            [
-                keys.EVENTS_STREAM,
-                keys.sent_key(entry.pixel, entry.event, entry.event_id),
-                keys.receipt_key(entry.pixel, entry.event, entry.event_id),
-                keys.COUNTERS_HASH,
-            ],
-            [
-                entry.stream_id,
-                keys.DELIVERY_GROUP,
-                keys.IDEMPOTENCY_TTL_S,
-                self.receipt_ttl_s,
-                *self._receipt(entry, now_ms),
-                "delivered_ms",
-                str(now_ms),
-                *outcome.fields(),
-            ],
-        )
+    def delivered(
+        self, entries: Sequence[Entry], outcome: Outcome, now_ms: int, body: bytes, data_at: int
+    ) -> LuaCall:
+        """Settle the entries of one request TikTok accepted, in one script call.
+
+        ``body`` is the request as sent and ``data_at`` where its first event's JSON starts: each
+        receipt's ``payload`` is cut from it by Redis (the entries' JSON, in order, comma-joined),
+        so the events are not sent to Redis twice.
+        """
+        common = ["last_try_ms", str(now_ms), "delivered_ms", str(now_ms), *outcome.fields()]
+        batch_keys = [keys.EVENTS_STREAM, keys.COUNTERS_HASH]
+        args: list[str | bytes | int] = [
+            keys.DELIVERY_GROUP, keys.IDEMPOTENCY_TTL_S, self.receipt_ttl_s, body, data_at + 1,
+            len(common), *common,
+        ]  # fmt: skip
+        now = str(now_ms)
+        for e in entries:
+            batch_keys += (
+                keys.sent_key(e.pixel, e.event, e.event_id),
+                keys.receipt_key(e.pixel, e.event, e.event_id),
+            )
+            args += (e.stream_id, e.attempts, e.first_try_ms or now, len(e.data))
+        return (_DELIVERED, batch_keys, args)
 
     def skip_sent(self, entry: Entry) -> LuaCall:
         """Settle an entry whose event was already delivered: not sent again."""
@@ -408,4 +434,4 @@ class Outbox:
 
 
 def _plain(entry: Entry) -> dict[str, Any]:
-    return {name: getattr(entry, name) for name in Entry.__dataclass_fields__ if name != "parsed"}
+    return {name: getattr(entry, name) for name in Entry.__dataclass_fields__ if name != "shape"}

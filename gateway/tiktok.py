@@ -188,6 +188,20 @@ def classify(
     )
 
 
+def body_prefix(
+    pixel_code: str, *, test_event_code: str | None = None, partner_name: str | None = PARTNER_NAME
+) -> bytes:
+    """:func:`build_body`'s body up to its first event: the events follow, comma-joined, then
+    ``]}``. Its length tells where each event's JSON lies in the body."""
+    parts = [b'{"event_source":"web","event_source_id":', orjson.dumps(pixel_code)]
+    if partner_name:
+        parts += (b',"partner_name":', orjson.dumps(partner_name))
+    if test_event_code:
+        parts += (b',"test_event_code":', orjson.dumps(test_event_code))
+    parts.append(b',"data":[')
+    return b"".join(parts)
+
+
 def build_body(
     pixel_code: str,
     events: Sequence[bytes],
@@ -201,22 +215,16 @@ def build_body(
     envelope strings are encoded by orjson. ``test_event_code`` applies to the whole request, so
     test events must be batched apart from live ones.
     """
-    parts = [b'{"event_source":"web","event_source_id":', orjson.dumps(pixel_code)]
-    if partner_name:
-        parts += (b',"partner_name":', orjson.dumps(partner_name))
-    if test_event_code:
-        parts += (b',"test_event_code":', orjson.dumps(test_event_code))
-    parts += (b',"data":[', b",".join(events), b"]}")
-    return b"".join(parts)
+    prefix = body_prefix(pixel_code, test_event_code=test_event_code, partner_name=partner_name)
+    return b"".join((prefix, b",".join(events), b"]}"))
 
 
 def envelope_size(
     pixel_code: str, *, test_event_code: str | None = None, partner_name: str | None = PARTNER_NAME
 ) -> int:
     """The exact size of :func:`build_body`'s envelope: :func:`chunks`' ``envelope_bytes``."""
-    return len(
-        build_body(pixel_code, (), test_event_code=test_event_code, partner_name=partner_name)
-    )
+    prefix = body_prefix(pixel_code, test_event_code=test_event_code, partner_name=partner_name)
+    return len(prefix) + len(b"]}")
 
 
 def chunks(

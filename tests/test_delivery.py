@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import orjson
@@ -17,6 +18,7 @@ from tests.delivery_support import (
     TOKEN,
     delivery_env,
     enqueue,
+    event_data,
     running_emulator,
     running_worker,
     wait_until,
@@ -168,7 +170,9 @@ async def test_an_event_is_never_sent_twice_even_if_queued_again(
         async with running_worker(make_settings(**delivery_env(tiktok, redis_url))):
             await settled(redis, 1, "delivered")
             # a reclaimed copy, a replay or a racing worker put the same event back
-            await redis.delete(keys.seen_key(PIXEL, "Purchase", "once"))
+            # (here: the same event posted again after the 48 h idempotency window)
+            old_ms = int((time.time() - keys.IDEMPOTENCY_TTL_S - 60) * 1000)
+            await redis.hset(keys.receipt_key(PIXEL, "Purchase", "once"), "received_ms", old_ms)
             await enqueue(redis_url, ["once"])
             await settled(redis, 1, "duplicate")
         assert [e.event_id for e in tiktok.state.accepted] == ["once"]
@@ -276,3 +280,38 @@ async def test_batches_waiting_on_the_limiter_are_not_reclaimed_by_others(
     assert len(state.requests) == 8  # each event sent once: nothing stolen mid-wait
     assert state.duplicates == 0
     assert "duplicate" not in await counters(redis)
+
+
+async def test_an_event_failing_tiktoks_rules_is_found_without_bisecting(
+    make_settings: MakeSettings, redis_url: str, redis: Redis
+) -> None:
+    """Ingest's checks are not repeated per event; TikTok's 40002 makes the worker check them."""
+    from gateway.connections import make_redis
+    from gateway.queue import IngestQueue, Outgoing
+
+    ids = [f"v{i}" for i in range(20)]
+    await enqueue(redis_url, ids[:10])
+    bad = orjson.loads(event_data("raw-email"))
+    bad["user"]["email"] = ["Someone@Example.com"]  # not hashed: TikTok refuses the request
+    client = make_redis(redis_url)
+    try:
+        item = Outgoing(PIXEL, "Purchase", "raw-email", orjson.dumps(bad), "server")
+        await IngestQueue(client).submit([item], max_events=0)
+    finally:
+        await client.aclose()
+    await enqueue(redis_url, ids[10:])
+    async with running_emulator() as tiktok:
+        async with running_worker(make_settings(**delivery_env(tiktok, redis_url))):
+            await settled(redis, 21, "delivered", "dead")
+        state = tiktok.state
+    assert {e.event_id for e in state.unique_events()} == set(ids)
+    assert [r.code for r in state.requests] == [40002, 0]  # refused, then the rest at once
+    (letter,) = await dead_letters(redis)
+    assert letter.event_id == "raw-email"
+    assert letter.reason.startswith("invalid: ") and "email" in letter.reason
+    (receipt,) = await receipts_for(redis, "raw-email")
+    assert receipt["state"] == "dead" and receipt["code"] == 40002
+    (receipt,) = await receipts_for(redis, "v3")
+    assert receipt["state"] == "delivered" and receipt["attempts"] == 2
+    sent = next(e for e in state.accepted if e.event_id == "v3")
+    assert receipt["payload"] == sent.payload  # cut by Redis from the body as sent
