@@ -6,12 +6,10 @@ Not a target check: a diagnosis for the ingest and delivery benches. It
    backlog (cProfile through ``bench/gateway_variant.py``), and sums own time by component
    (gateway code, redis-py, aiohttp, asyncio, structlog, …);
 2. measures what-if variants of the *unchanged* gateway code, alternating with the stock process
-   in the same run (``gateway_variant.py``): on uvloop; with ``TTGW_LOG_LEVEL=warning`` (no
-   per-request log line); without the per-request ``count_flow`` round trip; with hiredis
-   parsing Redis replies (only with ``--hiredis-dir DIR``, made by
-   ``.venv/bin/pip install --target DIR hiredis``, which leaves the venv alone); and prices one
-   Redis round trip: the bare handler plus one ``XADD`` per request, the least a handler that
-   answers "queued" must do.
+   in the same run (``gateway_variant.py``): with ``TTGW_LOG_LEVEL=warning`` (no per-request log
+   line); with no Redis work at all (the group commit answers at once: the ceiling of the Python
+   path); and prices one Redis round trip: the bare handler plus one ``XADD`` per request, the
+   least a handler that answers "queued" after its own round trip must do.
 
 ``.venv/bin/python bench/hotspots.py [--hiredis-dir /tmp/ttgw-hiredis] [--seconds 6]``
 """
@@ -224,10 +222,7 @@ async def worker_part(
     state = EmulatorState(EmulatorConfig(tokens={TOKEN: {PIXEL}}, latency_ms=20.0))
     runner, port = await serve_emulator(state, LOOPBACK, 0)
     env = ws.gateway_env(redis_url, TTGW_TIKTOK_API_URL=api_base_url(LOOPBACK, port))
-    kinds: dict[str, list[str]] = {"stock": [], "uvloop": [*VARIANT, "--uvloop", "--"]}
-    if args.hiredis_dir:
-        kinds["hiredis"] = [*VARIANT, "--extra-path", args.hiredis_dir, "--"]
-        kinds["uvloop + hiredis"] = [*VARIANT, "--uvloop", "--extra-path", args.hiredis_dir, "--"]
+    kinds: dict[str, list[str]] = {"stock": []}
     dump = ws.dir / "worker.pstats"
     kinds["stock, under cProfile"] = [*VARIANT, "--profile", str(dump), "--"]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
@@ -273,11 +268,10 @@ def main() -> int:
         parser.error(f"no hiredis in {args.hiredis_dir}: pip install --target DIR hiredis")
     report = Report(
         "hotspots",
-        "Diagnosis, no targets: what-if variants of the unchanged gateway code (uvloop, no "
-        "per-request log, no per-request flow counter"
-        + (", hiredis" if args.hiredis_dir else "")
-        + ") alternating with the stock process, and cProfile's own-time shares (cProfile "
-        "slows Python code more than C code, so shares are indicative).",
+        "Diagnosis, no targets: what-if variants of the unchanged gateway code (no per-request "
+        "log; no Redis work at all, the Python path's ceiling) alternating with the stock "
+        "process, and cProfile's own-time shares (cProfile slows Python code more than C code, "
+        "so shares are indicative).",
     )
     with Workspace("hotspots") as ws:
         redis_url = ws.redis()
