@@ -33,6 +33,8 @@ ROOT = BENCH.parent
 if str(ROOT) not in sys.path:  # tests.delivery_support and gateway, whatever the install
     sys.path.insert(0, str(ROOT))
 
+from tests.support import redis_server_args
+
 RESULTS = BENCH / "RESULTS.md"
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"
 TOKEN = "emulator-token-0001"
@@ -313,23 +315,7 @@ class Workspace:
         self.spawn(
             name,
             [
-                shutil.which("redis-server") or "redis-server",
-                "--bind",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "--dir",
-                str(data),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--protected-mode",
-                "yes",
+                *redis_server_args(shutil.which("redis-server") or "redis-server", port, data),
                 "--latency-monitor-threshold",
                 "100",
             ],

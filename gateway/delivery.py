@@ -67,6 +67,7 @@ from gateway.tiktok import (
     body_prefix,
     chunks,
     event_problem,
+    with_events,
 )
 
 log = get_logger("gateway.delivery")
@@ -382,7 +383,7 @@ class Worker:
     ) -> None:
         integration = route.integration
         prefix = body_prefix(pixel, test_event_code=integration.test_event_code)
-        body = b"".join((prefix, b",".join([e.data for e in entries]), b"]}"))
+        body = with_events(prefix, [e.data for e in entries])
         RATE_LIMIT_WAIT_SECONDS.observe(await self.limiter.acquire(pixel))
         for entry in entries:
             entry.attempts += 1
@@ -476,16 +477,17 @@ class Worker:
         now = now_ms / 1000
         valid: list[Entry] = []
         calls: list[LuaCall] = []
+        dead: list[str] = []
         for entry in entries:
             problem = event_problem(orjson.loads(entry.data), pixel, now)
             if problem is None:
                 valid.append(entry)
             else:
                 calls.append(self.outbox.dead(entry, f"invalid: {problem}", outcome, now_ms))
+                dead.append(entry.stream_id)
         if calls:
             await self.outbox.settle(calls)
-            kept = {e.stream_id for e in valid}
-            settled.update(e.stream_id for e in entries if e.stream_id not in kept)
+            settled.update(dead)
             DELIVERY_OUTCOMES.labels("dead").inc(len(calls))
             await self._chart(Verdict.INVALID, [], calls)
         return valid

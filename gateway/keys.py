@@ -41,13 +41,16 @@ def sent_key(pixel_code: str, event: str, event_id: str) -> str:
     return f"{PREFIX}:{QUEUE_TAG}:sent:{dedup_id(pixel_code, event, event_id)}"
 
 
+RECEIPT_KEY_PREFIX = f"{PREFIX}:{QUEUE_TAG}:receipt:"  # + dedup id (Lua builds keys from it)
+
+
 def receipt_key(pixel_code: str, event: str, event_id: str) -> str:
     """A hash with the event's delivery receipt, kept for :data:`RECEIPT_TTL_S`.
 
     It is also the ingest idempotency marker: an event whose receipt (not ``suppressed``) was
     received less than :data:`IDEMPOTENCY_TTL_S` ago is a duplicate and is not queued again.
     """
-    return f"{PREFIX}:{QUEUE_TAG}:receipt:{dedup_id(pixel_code, event, event_id)}"
+    return RECEIPT_KEY_PREFIX + dedup_id(pixel_code, event, event_id)
 
 
 def split_dedup_id(dedup: str) -> tuple[str, str, str]:

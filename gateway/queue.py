@@ -162,7 +162,6 @@ class IngestQueue:
         items queued before that stay queued (a retry of the request sees them as duplicates).
         """
         received_ms = int((time.time() if now is None else now) * 1000)
-        prefix = keys.receipt_key("", "", "")[: -len(keys.dedup_id("", "", ""))]
         calls: list[LuaCall] = []
         for item in items:
             receipt = keys.receipt_key(item.pixel, item.event, item.event_id)
@@ -175,7 +174,7 @@ class IngestQueue:
                          keys.COUNTERS_HASH],
                         [
                             keys.IDEMPOTENCY_TTL_S, receipt_ttl_s, received_ms, pair,
-                            item.event_id, prefix, item.source, item.suppressed,
+                            item.event_id, keys.RECEIPT_KEY_PREFIX, item.source, item.suppressed,
                         ],
                     )
                 )  # fmt: skip
@@ -196,7 +195,7 @@ class IngestQueue:
                     ],
                     [
                         keys.IDEMPOTENCY_TTL_S, max_events, receipt_ttl_s, received_ms, pair,
-                        item.event_id, prefix, item.source, *fields,
+                        item.event_id, keys.RECEIPT_KEY_PREFIX, item.source, *fields,
                     ],
                 )
             )  # fmt: skip

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from gateway import keys
-from gateway.connections import Lua, LuaCall, RedisClient
+from gateway.connections import Lua, LuaCall, RedisClient, eval_many
 
 _INCREMENT = Lua("""
 -- KEYS: a counters hash; ARGV: ttl s, then field/increment pairs
@@ -54,19 +54,14 @@ async def count_flow(
     redis: RedisClient, counts: Mapping[str, int], now: float | None = None
 ) -> None:
     """Add to this minute's flow counters (accepted, delivered, retried, dead)."""
-    counts = {k: v for k, v in counts.items() if v}
-    if not counts:
-        return
-    key = keys.minute_stats_key(minute(now))
-    pipe = redis.pipeline(transaction=False)
-    for name, value in counts.items():
-        pipe.hincrby(key, name, value)
-    pipe.expire(key, keys.MINUTE_STATS_TTL_S)
-    await pipe.execute()
+    calls = flow_calls(counts, now)
+    if calls:
+        await eval_many(redis, calls)
 
 
 def flow_calls(counts: Mapping[str, int], now: float | None = None) -> list[LuaCall]:
-    """:func:`count_flow` as a script call, for a round trip made anyway (the web process's
+    """The script call that adds ``counts`` to this minute's flow counters: run by
+    :func:`count_flow`, or in a round trip made anyway (the web process's
     :class:`~gateway.connections.Coalescer`)."""
     pairs: list[str | int] = []
     for name, value in counts.items():

@@ -216,6 +216,11 @@ def build_body(
     test events must be batched apart from live ones.
     """
     prefix = body_prefix(pixel_code, test_event_code=test_event_code, partner_name=partner_name)
+    return with_events(prefix, events)
+
+
+def with_events(prefix: bytes, events: Sequence[bytes]) -> bytes:
+    """A :func:`body_prefix` completed with ``events`` (each event's JSON as it is)."""
     return b"".join((prefix, b",".join(events), b"]}"))
 
 

@@ -17,7 +17,13 @@ from redis.asyncio import Redis
 from gateway.embedded import find_redis_server
 from gateway.settings import Settings
 from tests.process_support import Processes, stop_all
-from tests.support import REQUIRE_BINARIES, free_port, require_binary, wait_for_port
+from tests.support import (
+    REQUIRE_BINARIES,
+    free_port,
+    redis_server_args,
+    require_binary,
+    wait_for_port,
+)
 
 
 @pytest.fixture(scope="session")
@@ -42,25 +48,7 @@ def redis_server(redis_server_binary: Path, redis_workdir: Path) -> Iterator[str
     port = free_port()
     workdir = redis_workdir
     process = subprocess.Popen(
-        [
-            str(redis_server_binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-            "--protected-mode",
-            "yes",
-        ],
+        redis_server_args(str(redis_server_binary), port, workdir),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -47,3 +47,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float 
         except OSError:
             time.sleep(0.02)  # another process is starting; there is nothing to await on
     raise TimeoutError(f"nothing listens on port {port} after {timeout_s} s")
+
+
+def redis_server_args(binary: str, port: int, workdir: Path) -> list[str]:
+    """A loopback redis-server configured like production: AOF everysec, no RDB, noeviction."""
+    return [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
+    ]  # fmt: skip
