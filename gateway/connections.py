@@ -4,7 +4,8 @@
 
 * ``redis://[user:pass@]host:port/db``, ``rediss://…`` (TLS), ``unix:///path/redis.sock?db=0``;
 * ``redis+sentinel://[user:pass@]host:26379,host2:26379/<service>[/db]`` (``rediss+sentinel``
-  for TLS to the data nodes);
+  for TLS to the data nodes). The URL's user and password are the data nodes'; Sentinels that
+  need their own give them as ``?sentinel_username=…&sentinel_password=…`` (most run without);
 * ``redis+cluster://[user:pass@]host:7000,host2:7001`` (``rediss+cluster`` for TLS).
 
 redis-py retries commands by default (up to 10 times with backoff); a Redis outage would then hold
@@ -20,14 +21,26 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import keys
 from gateway.packing import pack_in_c
@@ -36,6 +49,26 @@ RedisClient: TypeAlias = Redis | RedisCluster
 # what a Redis outage raises: the client's errors, Cluster's own (not a RedisError), sockets
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 CLUSTER_SCRIPT_CONCURRENCY = 32
+# what Redis answers while it is away, restarting, loading its AOF or failing over: wait and retry
+_OUTAGES: tuple[type[Exception], ...] = (
+    RedisConnectionError,  # refused, reset, MasterNotFoundError (Sentinel), LOADING
+    RedisTimeoutError,
+    OSError,
+    RedisClusterException,
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+    ReadOnlyError,  # the old master, now a replica after a failover
+    BusyLoadingError,
+)
+_OUTAGE_REPLIES = ("MISCONF", "LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says Redis is away for now (retry later), not that a command is wrong."""
+    if isinstance(exc, _OUTAGES):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_OUTAGE_REPLIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +121,17 @@ def make_redis(url: str, options: RedisOptions | None = None) -> RedisClient:
         path = [p for p in parts.path.split("/") if p]
         service = path[0]
         db = int(path[1]) if len(path) > 1 else 0
+        query = parse_qs(parts.query)
+        # the Sentinels get the client's time-outs and retry budget, and their own credentials
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts,
-            sentinel_kwargs={"username": username, "password": password},
+            sentinel_kwargs={
+                "username": query.get("sentinel_username", [None])[0],
+                "password": query.get("sentinel_password", [None])[0],
+                "socket_timeout": opts.connect_timeout_s,
+                "socket_connect_timeout": opts.connect_timeout_s,
+                "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), opts.retries),
+            },
             username=username,
             password=password,
             db=db,

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -43,7 +45,7 @@ import orjson
 from redis.typing import EncodableT, FieldT
 
 from gateway import keys
-from gateway.connections import LuaCall, RedisClient, RedisOptions, make_redis
+from gateway.connections import LuaCall, RedisClient, RedisOptions, is_outage, make_redis
 from gateway.integrations import SANDBOX, Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
 from gateway.metrics import (
@@ -74,6 +76,11 @@ log = get_logger("gateway.delivery")
 MOVE_DUE_ROUNDS = 20
 EXPEDITE_BATCH = 10_000
 SHAPES_KEPT = 10_000
+REDIS_BACKOFF_FIRST_S = 0.1  # the first wait after Redis went away, doubling with jitter
+REDIS_BACKOFF_CAP_S = 5.0
+SETTLE_BACKOFF_CAP_S = 1.0  # a settle TikTok's answer decided is tried again sooner
+LANE_BLOCKED_S = 1.0  # a lane whose limiter grants nothing for longer is waiting, not moving
+WORKER_RESTART_CAP_S = 30.0
 
 _shapes: dict[tuple[str, tuple[str, ...]], Mapping[str, Any]] = {}
 
@@ -112,9 +119,20 @@ class Route:
     destination: Destination
 
 
+def _no_group(exc: BaseException) -> bool:
+    """Redis lost the consumer group (a restart without persistence, a flushed replica)."""
+    return "NOGROUP" in str(exc)
+
+
+_consumers = itertools.count(1)
+
+
 def consumer_name() -> str:
-    """A consumer name unique to this process: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """A consumer name unique to this worker: host and pid, and a number for a process's second
+    and later workers (a worker re-reads what its consumer name had read and not settled)."""
+    n = next(_consumers)
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return base if n == 1 else f"{base}:{n}"
 
 
 class Pauses:
@@ -157,8 +175,25 @@ class Pauses:
         return bool(await self.redis.set(key, "1", nx=True, px=int(interval_s * 1000)))
 
 
+@dataclass(slots=True)
+class Lane:
+    """One pixel's batches in this worker: its own runners, so one pixel's trouble (a throttled
+    limiter) never holds another pixel's events or the worker's send slots."""
+
+    batches: deque[list[Entry]] = field(default_factory=deque)
+    held: int = 0  # entries waiting or in flight
+    runners: int = 0
+    limited_until: float = 0.0  # monotonic time before which the limiter grants no request
+
+
 class Worker:
-    """Delivers the queue until told to stop. Several may run, in one or many processes."""
+    """Delivers the queue until told to stop. Several may run, in one or many processes.
+
+    Redis may go away at any time (a restart, a failover, an outage): the worker then pauses with
+    backoff and a log line, and resumes by itself when Redis answers, first re-reading the entries
+    it had read but not settled. A settle TikTok's answer decided is retried until Redis takes it,
+    so an event TikTok accepted is never sent again after a reclaim.
+    """
 
     def __init__(
         self,
@@ -176,17 +211,34 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self.outbox = Outbox(redis, receipt_ttl_s=settings.receipt_ttl_s)
         self.pauses = Pauses(redis)
-        self._slots = asyncio.Semaphore(settings.delivery_concurrency)
+        self._slots = asyncio.Semaphore(settings.delivery_concurrency)  # HTTP requests in flight
+        self._lanes: dict[str, Lane] = {}
+        self._held = 0  # entries held by every lane
+        self._space = asyncio.Event()  # set whenever lanes release entries
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[str] = set()  # stream ids read by this worker and not settled yet
+        self._recover = False  # a Redis error left read entries unsettled: re-read them
+        self._stopping = False
         self._failing: set[str] = set()
         self._throttled_at: dict[str, float] = {}
+
+    @property
+    def _read_ahead(self) -> int:
+        """Entries held (of lanes not waiting on their limiter) before the worker stops reading."""
+        return self.settings.delivery_concurrency * self.settings.batch_max_events * 2
+
+    @property
+    def _lane_max(self) -> int:
+        """Entries a lane blocked by its limiter holds; more are deferred to the retry set."""
+        return self.settings.delivery_concurrency * self.settings.batch_max_events
 
     # --- the loops ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read and deliver until ``stop`` is set; then finish or return in-flight batches."""
-        await self.outbox.ensure_group()
+        if not await self._reach_redis(stop, None):
+            return
+        self._recover = True  # a restarted worker of this process re-reads what it had read
         log.info("worker_started", consumer=self.consumer)
         helpers = [
             asyncio.create_task(self._every(stop, keys.RETRY_POLL_INTERVAL_S, self._move_due)),
@@ -195,19 +247,97 @@ class Worker:
         ]
         try:
             while not stop.is_set():
-                if len(self._tasks) >= self.settings.delivery_concurrency:
-                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                if self._busy() >= self._read_ahead:
+                    self._space.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._space.wait(), keys.DELIVERY_BLOCK_MS / 1000)
                     continue
-                entries = await self.outbox.read(
-                    self.consumer, keys.DELIVERY_READ_COUNT, keys.DELIVERY_BLOCK_MS
-                )
-                self._dispatch(entries)
+                try:
+                    if self._recover:
+                        self._recover = False
+                        await self._recover_own()
+                    entries = await self.outbox.read(
+                        self.consumer, keys.DELIVERY_READ_COUNT, keys.DELIVERY_BLOCK_MS
+                    )
+                    await self._dispatch(entries)
+                except Exception as exc:
+                    if not is_outage(exc) and not _no_group(exc):
+                        raise
+                    if not await self._reach_redis(stop, exc):
+                        return
         finally:
+            self._stopping = True
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self._finish()
             log.info("worker_stopped", consumer=self.consumer)
+
+    async def _reach_redis(self, stop: asyncio.Event, error: BaseException | None) -> bool:
+        """Wait, with backoff, until Redis answers and the consumer group exists; False if
+        ``stop`` came first. After an outage, the entries this worker had read are re-read."""
+        delay_s = REDIS_BACKOFF_FIRST_S
+        started = time.monotonic()
+        attempts = 0
+        while not stop.is_set():
+            try:
+                await self.outbox.ensure_group()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                error = exc
+            else:
+                if attempts:
+                    log.warning(
+                        "redis_available",
+                        consumer=self.consumer,
+                        away_s=round(time.monotonic() - started, 1),
+                    )
+                if error is not None:
+                    self._recover = True  # replies may have been lost with the connection
+                return True
+            if attempts == 0 or attempts % 10 == 0:
+                log.warning(
+                    "redis_unavailable",
+                    consumer=self.consumer,
+                    error=repr(error),
+                    retry_in_s=round(delay_s, 2),
+                )
+            attempts += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay_s * random.uniform(0.5, 1.0))
+            delay_s = min(delay_s * 2, REDIS_BACKOFF_CAP_S)
+        return False
+
+    async def _recover_own(self) -> None:
+        """Deliver entries read by this consumer and not settled (their replies or their
+        settles were lost with Redis): a failover or restart does not wait the reclaim time."""
+        after: str | None = "0-0"
+        recovered = 0
+        while after is not None:
+            entries, after = await self.outbox.own_pending(
+                self.consumer, after, keys.DELIVERY_READ_COUNT
+            )
+            fresh = [e for e in entries if e.stream_id not in self._inflight]
+            recovered += len(fresh)
+            await self._dispatch(fresh)
+            await self._wait_for_room()
+        if recovered:
+            log.info("recovered", consumer=self.consumer, events=recovered)
+
+    def _busy(self) -> int:
+        """Entries held by lanes that are moving: a lane waiting on its limiter does not count."""
+        now = time.monotonic()
+        blocked = sum(
+            lane.held for lane in self._lanes.values() if lane.limited_until > now + LANE_BLOCKED_S
+        )
+        return self._held - blocked
+
+    async def _wait_for_room(self) -> None:
+        while self._busy() >= self._read_ahead and not self._stopping:
+            self._space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), keys.DELIVERY_BLOCK_MS / 1000)
 
     async def _finish(self) -> None:
         """Give in-flight requests ``SHUTDOWN_GRACE_S``; cancelled ones put their events back."""
@@ -247,24 +377,85 @@ class Worker:
             await self.outbox.touch(self.consumer, sorted(self._inflight))
 
     async def _reclaim(self) -> None:
+        """Take over everything other consumers left idle, in one pass, a batch at a time."""
         idle_ms = int(self.settings.reclaim_idle_s * 1000)
-        claimed = await self.outbox.reclaim(self.consumer, idle_ms)
-        entries = [e for e in claimed if e.stream_id not in self._inflight]
-        if entries:
-            log.info("reclaimed", events=len(entries))
-            self._dispatch(entries)
+        start = "0-0"
+        total = 0
+        while not self._stopping:
+            claimed, start = await self.outbox.reclaim_page(
+                self.consumer, idle_ms, start, keys.DELIVERY_READ_COUNT
+            )
+            entries = [e for e in claimed if e.stream_id not in self._inflight]
+            total += len(entries)
+            await self._dispatch(entries)
+            if start == "0-0":
+                break
+            await self._wait_for_room()
+        if total:
+            log.info("reclaimed", events=total)
 
-    def _dispatch(self, entries: Sequence[Entry]) -> None:
+    async def _dispatch(self, entries: Sequence[Entry]) -> None:
         by_pixel: dict[str, list[Entry]] = {}
         for entry in entries:
-            self._inflight.add(entry.stream_id)
             by_pixel.setdefault(entry.pixel, []).append(entry)
         for pixel, group in by_pixel.items():
+            lane = self._lanes.get(pixel)
+            if lane is None:
+                lane = self._lanes[pixel] = Lane()
+            wait_s = lane.limited_until - time.monotonic()
+            if wait_s > LANE_BLOCKED_S and lane.held + len(group) > self._lane_max:
+                keep = max(self._lane_max - lane.held, 0)
+                await self._defer(pixel, group[keep:], wait_s)
+                group = group[:keep]
+            if not group:
+                continue
+            for entry in group:
+                self._inflight.add(entry.stream_id)
             sizes = [len(e.data) for e in group]
             for part in chunks(sizes, max_events=self.settings.batch_max_events):
-                task = asyncio.create_task(self._deliver(pixel, group[part.start : part.stop]))
+                lane.batches.append(group[part.start : part.stop])
+            lane.held += len(group)
+            self._held += len(group)
+            while lane.runners < self.settings.delivery_concurrency and lane.runners < len(
+                lane.batches
+            ):
+                lane.runners += 1
+                task = asyncio.create_task(self._run_lane(pixel, lane))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _defer(self, pixel: str, entries: Sequence[Entry], wait_s: float) -> None:
+        """A pixel whose limiter makes it wait holds no more than ``_lane_max`` entries here: the
+        rest go to the retry set, due when its limiter could take them (no attempt counted), so
+        the stream behind them, other pixels' events included, is read on."""
+        if not entries:
+            return
+        now_ms = int(time.time() * 1000)
+        per_request_s = max(wait_s, 0.05)
+        outcome = Outcome(message="waiting for the pixel's rate limit (TikTok throttles it)")
+        calls = []
+        for i, entry in enumerate(entries):
+            ahead = (i // self.settings.batch_max_events) + 1
+            due_ms = now_ms + int((wait_s + ahead * per_request_s) * 1000)
+            calls.append(self.outbox.retry(entry, due_ms, outcome, now_ms, count=False))
+        await self.outbox.settle(calls)
+        DELIVERY_OUTCOMES.labels("deferred").inc(len(entries))
+        log.info("deferred", pixel=pixel, events=len(entries), wait_s=round(wait_s, 1))
+
+    async def _run_lane(self, pixel: str, lane: Lane) -> None:
+        try:
+            while lane.batches:
+                batch = lane.batches.popleft()
+                try:
+                    await self._deliver(pixel, batch, lane)
+                finally:
+                    lane.held -= len(batch)
+                    self._held -= len(batch)
+                    self._space.set()
+        finally:
+            lane.runners -= 1
+            if lane.runners == 0 and not lane.batches and self._lanes.get(pixel) is lane:
+                del self._lanes[pixel]
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Deliver everything queued now (retries included as they fall due); for tests and CLI."""
@@ -273,7 +464,7 @@ class Worker:
         while time.monotonic() < deadline:
             await self._move_due()
             entries = await self.outbox.read(self.consumer, keys.DELIVERY_READ_COUNT, 10)
-            self._dispatch(entries)
+            await self._dispatch(entries)
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             elif not entries and not await self.redis.zcard(keys.RETRY_ZSET):
@@ -282,18 +473,38 @@ class Worker:
                 await asyncio.sleep(keys.RETRY_POLL_INTERVAL_S)  # waiting for retries to fall due
         raise TimeoutError("the queue did not drain in time")
 
+    async def _commit(self, calls: Sequence[LuaCall]) -> None:
+        """Settle, retrying while Redis is away: what TikTok's answer decided must be written,
+        or the events would be sent again once reclaimed. Each settle script is idempotent."""
+        delay_s = REDIS_BACKOFF_FIRST_S
+        while True:
+            try:
+                await self.outbox.settle(calls)
+                return
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                log.warning("settle_waiting_for_redis", error=repr(exc), calls=len(calls))
+                await asyncio.sleep(delay_s * random.uniform(0.5, 1.0))
+                delay_s = min(delay_s * 2, SETTLE_BACKOFF_CAP_S)
+
     # --- one request ------------------------------------------------------------------------
 
-    async def _deliver(self, pixel: str, entries: list[Entry]) -> None:
+    async def _deliver(self, pixel: str, entries: list[Entry], lane: Lane | None = None) -> None:
         settled: set[str] = set()
         try:
-            async with self._slots:
-                await self._send(pixel, entries, settled)
+            await self._send(pixel, entries, settled, lane)
         except asyncio.CancelledError:
             await self._give_back([e for e in entries if e.stream_id not in settled])
             raise
         except Exception as exc:  # never lose a batch to a bug or a Redis blip: leave it pending
-            log.error("delivery_failed", pixel=pixel, events=len(entries), error=repr(exc))
+            if is_outage(exc):
+                # pending in the group: re-read by this worker as soon as Redis answers again
+                self._recover = True
+                log.warning("delivery_waiting_for_redis", pixel=pixel, events=len(entries),
+                            error=repr(exc))  # fmt: skip
+            else:
+                log.error("delivery_failed", pixel=pixel, events=len(entries), error=repr(exc))
         finally:
             self._inflight.difference_update(e.stream_id for e in entries)
 
@@ -306,7 +517,9 @@ class Worker:
         ]
         await asyncio.shield(self.outbox.settle(calls))
 
-    async def _send(self, pixel: str, entries: list[Entry], settled: set[str]) -> None:
+    async def _send(
+        self, pixel: str, entries: list[Entry], settled: set[str], lane: Lane | None = None
+    ) -> None:
         now = time.time()
         now_ms = int(now * 1000)
         calls: list[LuaCall] = []
@@ -331,7 +544,7 @@ class Worker:
                 live.append(entry)
                 continue
             settled.add(entry.stream_id)
-        await self.outbox.settle(calls)
+        await self._commit(calls)
         if not live or route is None:
             return
         paused = await self.pauses.get(pixel)
@@ -343,7 +556,7 @@ class Worker:
                 return
             live, rest = live[:1], live[1:]  # one event probes the token
             await self._postpone(rest, now_ms + int(self.settings.paused_probe_s * 1000), settled)
-        await self._request(pixel, route, live, settled, probing=paused is not None)
+        await self._request(pixel, route, live, settled, probing=paused is not None, lane=lane)
 
     def _unsendable(self, entry: Entry, now: float) -> str | None:
         """Why an entry cannot be sent now, from what changes with time; None if it can.
@@ -373,22 +586,30 @@ class Worker:
     async def _postpone(self, entries: Sequence[Entry], due_ms: int, settled: set[str]) -> None:
         now_ms = int(time.time() * 1000)
         outcome = Outcome(message="integration paused: waiting for a working access token")
-        await self.outbox.settle(
+        await self._commit(
             [self.outbox.retry(e, due_ms, outcome, now_ms, count=False) for e in entries]
         )
         settled.update(e.stream_id for e in entries)
 
     async def _request(
-        self, pixel: str, route: Route, entries: list[Entry], settled: set[str], *, probing: bool
+        self,
+        pixel: str,
+        route: Route,
+        entries: list[Entry],
+        settled: set[str],
+        *,
+        probing: bool,
+        lane: Lane | None = None,
     ) -> None:
         integration = route.integration
         prefix = body_prefix(pixel, test_event_code=integration.test_event_code)
         body = with_events(prefix, [e.data for e in entries])
-        RATE_LIMIT_WAIT_SECONDS.observe(await self.limiter.acquire(pixel))
+        RATE_LIMIT_WAIT_SECONDS.observe(await self._acquire(pixel, lane))
         for entry in entries:
             entry.attempts += 1
         started = time.monotonic()
-        answer = await route.destination.send(body, integration.access_token)
+        async with self._slots:  # a send slot only for the request itself, not the limiter wait
+            answer = await route.destination.send(body, integration.access_token)
         DELIVERY_SECONDS.observe(time.monotonic() - started)
         REQUEST_EVENTS.observe(len(entries))
         log.info(
@@ -420,15 +641,16 @@ class Worker:
         verdict = answer.verdict
         calls: list[LuaCall] = []
         if verdict is Verdict.DELIVERED:
-            calls = [self.outbox.delivered(entries, outcome, now_ms, sent.body, sent.data_at)]
-            await self.limiter.succeeded(pixel)
-            if probing and await self.pauses.resume(pixel):
-                log.warning("integration_resumed", pixel=pixel)
-            if pixel in self._failing:
-                self._failing.discard(pixel)
-                while await self.outbox.expedite() >= EXPEDITE_BATCH:
-                    pass  # every scheduled retry, 10,000 at a time
-        elif verdict is Verdict.INVALID and len(entries) > 1:
+            # written first: TikTok has these events, nothing may send them again
+            await self._commit(
+                [self.outbox.delivered(entries, outcome, now_ms, sent.body, sent.data_at)]
+            )
+            settled.update(e.stream_id for e in entries)
+            DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
+            await self._after_success(pixel, probing=probing)
+            await self._chart(verdict, entries, [])
+            return
+        if verdict is Verdict.INVALID and len(entries) > 1:
             valid = await self._isolate(pixel, entries, outcome, now_ms, settled)
             if valid and len(valid) < len(entries):
                 await self._request(pixel, route, valid, settled, probing=probing)
@@ -437,7 +659,7 @@ class Worker:
                 for part in (valid[:half], valid[half:]):
                     await self._request(pixel, route, part, settled, probing=probing)
             return
-        elif verdict in (Verdict.INVALID, Verdict.REJECTED):
+        if verdict in (Verdict.INVALID, Verdict.REJECTED):
             calls = [
                 self.outbox.dead(e, f"rejected by TikTok: {answer.message}", outcome, now_ms)
                 for e in entries
@@ -464,10 +686,37 @@ class Worker:
                 await self.limiter.throttled(pixel)
             self._failing.add(pixel)
             calls = [self._retry_or_dead(e, outcome, now_ms) for e in entries]
-        await self.outbox.settle(calls)
+        await self._commit(calls)
         settled.update(e.stream_id for e in entries)
         DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
         await self._chart(verdict, entries, calls)
+
+    async def _acquire(self, pixel: str, lane: Lane | None) -> float:
+        """Wait for the pixel's limiter; the lane knows how long, so its backlog can be deferred
+        rather than hold the stream. Seconds waited."""
+        started = time.monotonic()
+        while True:
+            wait_s = await self.limiter.reserve(pixel)
+            if wait_s == 0.0:
+                return time.monotonic() - started
+            if lane is not None:
+                lane.limited_until = max(lane.limited_until, time.monotonic() + wait_s)
+            await asyncio.sleep(wait_s)  # Redis's clock decides; ours only paces the next try
+
+    async def _after_success(self, pixel: str, *, probing: bool) -> None:
+        """Bookkeeping once TikTok accepted a request; best effort (the events are settled)."""
+        try:
+            await self.limiter.succeeded(pixel)
+            if probing and await self.pauses.resume(pixel):
+                log.warning("integration_resumed", pixel=pixel)
+            if pixel in self._failing:
+                self._failing.discard(pixel)
+                while await self.outbox.expedite() >= EXPEDITE_BATCH:
+                    pass  # every scheduled retry, 10,000 at a time
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("after_success_failed", pixel=pixel, error=type(exc).__name__)
 
     async def _isolate(
         self, pixel: str, entries: list[Entry], outcome: Outcome, now_ms: int, settled: set[str]
@@ -486,7 +735,7 @@ class Worker:
                 calls.append(self.outbox.dead(entry, f"invalid: {problem}", outcome, now_ms))
                 dead.append(entry.stream_id)
         if calls:
-            await self.outbox.settle(calls)
+            await self._commit(calls)
             settled.update(dead)
             DELIVERY_OUTCOMES.labels("dead").inc(len(calls))
             await self._chart(Verdict.INVALID, [], calls)
@@ -561,13 +810,50 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
     store = IntegrationStore(redis, TokenBox(settings.secret_key))
     refresher = asyncio.create_task(keep_fresh(registry, store, stop))
     try:
-        await registry.refresh(store, force=True)
+        await _first_refresh(registry, store, stop)
         limit = RateLimit(settings.rate_limit_rps, settings.rate_limit_burst)
         routes = make_routes(settings, redis, session, registry)
-        worker = Worker(redis, settings, routes, RateLimiter(redis, limit))
-        await worker.run(stop)
+        name = consumer_name()  # kept across restarts: a new worker re-reads what it had read
+        await supervise(
+            lambda: Worker(redis, settings, routes, RateLimiter(redis, limit), consumer=name), stop
+        )
     finally:
         refresher.cancel()
         await asyncio.gather(refresher, return_exceptions=True)
         await session.close()
         await redis.aclose()
+
+
+async def _first_refresh(
+    registry: Integrations, store: IntegrationStore, stop: asyncio.Event
+) -> None:
+    """Load the integrations kept in Redis, waiting for Redis if it is away at start."""
+    delay_s = REDIS_BACKOFF_FIRST_S
+    while not stop.is_set():
+        try:
+            await registry.refresh(store, force=True)
+            return
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("redis_unavailable", error=repr(exc), retry_in_s=round(delay_s, 2))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay_s)
+        delay_s = min(delay_s * 2, REDIS_BACKOFF_CAP_S)
+
+
+async def supervise(make: Callable[[], Worker], stop: asyncio.Event) -> None:
+    """Run a worker until ``stop``; one that fails (a bug, not an outage: those it rides out
+    itself) is logged and started again with backoff, so no dependency ends the process."""
+    delay_s = REDIS_BACKOFF_FIRST_S
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await make().run(stop)
+        except Exception as exc:
+            log.error("worker_failed", error=repr(exc), restart_in_s=round(delay_s, 1))
+            if time.monotonic() - started > WORKER_RESTART_CAP_S:
+                delay_s = REDIS_BACKOFF_FIRST_S  # it ran a while: a new failure, not a loop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay_s)
+            delay_s = min(delay_s * 2, WORKER_RESTART_CAP_S)

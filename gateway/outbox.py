@@ -37,6 +37,8 @@ _DELIVERED = Lua("""
 --       the number of receipt pairs common to every entry, those pairs, then for each entry:
 --       stream id, attempts, first try ms, length of its JSON in the body
 -- One call settles a whole request: each entry's change is the same as if settled alone.
+-- The sent marker holds the stream id, so the same call run again (its reply was lost with the
+-- connection, and the worker retries) changes nothing.
 local stream, counters, group = KEYS[1], KEYS[2], ARGV[1]
 local body, at, m = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local common = {}
@@ -49,16 +51,17 @@ for i = 1, n do
   local receipt = KEYS[2 + 2 * i]
   local size = tonumber(ARGV[a + 3])
   ids[i] = ARGV[a]
-  if redis.call('SET', KEYS[1 + 2 * i], '1', 'NX', 'EX', ARGV[2]) then
+  local marker = KEYS[1 + 2 * i]
+  if redis.call('SET', marker, ARGV[a], 'NX', 'EX', ARGV[2]) then
     redis.call('HSET', receipt, 'state', 'delivered', 'attempts', ARGV[a + 1],
       'first_try_ms', ARGV[a + 2], 'payload', string.sub(body, at, at + size - 1), unpack(common))
     redis.call('EXPIRE', receipt, ARGV[3])
     delivered = delivered + 1
-  else
+  elseif redis.call('GET', marker) ~= ARGV[a] then
     -- a copy was delivered meanwhile (a racing worker): its receipt stands, this is a repeat
     redis.call('HINCRBY', receipt, 'duplicates', 1)
     duplicate = duplicate + 1
-  end
+  end  -- else: this very entry, settled by a call whose reply was lost; nothing to do again
   at = at + size + 1
 end
 for i = 1, n, 1000 do  -- unpack() is bounded by Lua's C stack
@@ -74,7 +77,8 @@ return {delivered, duplicate}
 _ALREADY_SENT = Lua("""
 -- KEYS: stream, counters, receipt
 -- ARGV: stream id, group
-redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+-- an entry no longer pending was settled already (a call run again after a lost reply)
+if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'duplicate', 1)
 if redis.call('EXISTS', KEYS[3]) == 1 then
@@ -89,7 +93,7 @@ _RETRY = Lua("""
 -- KEYS: stream, retry zset, retry data hash, receipt, counters
 -- ARGV: stream id, group, dedup id, due ms, entry JSON, receipt ttl s, count it (1/0),
 --       then receipt field/value pairs
-redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end  -- settled already
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
@@ -105,7 +109,7 @@ _DEAD = Lua("""
 -- KEYS: stream, dead stream, receipt, counters
 -- ARGV: stream id, group, receipt ttl s, n (dead entry field/value pair count * 2),
 --       dead entry pairs, then receipt pairs
-redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end  -- settled already
 redis.call('XDEL', KEYS[1], ARGV[1])
 local n = tonumber(ARGV[4])
 local entry = {}
@@ -267,13 +271,37 @@ class Outbox:
         start = "0-0"
         entries: list[Entry] = []
         while True:
-            reply = await self.redis.xautoclaim(
-                keys.EVENTS_STREAM, keys.DELIVERY_GROUP, consumer, min_idle_ms, start, count=count
-            )
-            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            entries.extend(await self._usable(reply[1]))
+            page, start = await self.reclaim_page(consumer, min_idle_ms, start, count)
+            entries.extend(page)
             if start == "0-0" or len(entries) >= count:
                 return entries
+
+    async def reclaim_page(
+        self, consumer: str, min_idle_ms: int, start: str, count: int
+    ) -> tuple[list[Entry], str]:
+        """One XAUTOCLAIM step from ``start``: the entries and the cursor ("0-0" at the end)."""
+        reply = await self.redis.xautoclaim(
+            keys.EVENTS_STREAM, keys.DELIVERY_GROUP, consumer, min_idle_ms, start, count=count
+        )
+        cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return await self._usable(reply[1]), cursor
+
+    async def own_pending(
+        self, consumer: str, after: str, count: int
+    ) -> tuple[list[Entry], str | None]:
+        """Entries read by ``consumer`` and not settled, after ``after``; the next cursor, or
+        None at the end. Their idle time is not reset (XREADGROUP with an id reads history)."""
+        reply = await self.redis.xreadgroup(
+            keys.DELIVERY_GROUP, consumer, {keys.EVENTS_STREAM: after}, count=count
+        )
+        items: list[Any] = []
+        for _, page in cast("list[tuple[bytes, list[Any]]]", reply or []):
+            items.extend(page)
+        if not items:
+            return [], None
+        last = items[-1][0]
+        cursor = last.decode() if isinstance(last, bytes) else str(last)
+        return await self._usable(items), cursor if len(items) >= count else None
 
     async def _usable(self, items: Sequence[Any]) -> list[Entry]:
         entries, broken = [], []
