@@ -30,7 +30,7 @@ from gateway.receipts import counters, decode_receipt, receipts_for
 from gateway.replay import dead_letters, replay
 from gateway.settings import CONSENT_CATEGORIES, SANDBOX_PIXEL_CODE, Integration, SettingsError
 from gateway.stats import coverage, drop_alerts, flow
-from gateway.tiktok_spec import event_name_problem
+from gateway.tiktok_spec import canonical_event, event_name_problem
 
 PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
 HOST_RE = re.compile(r"^(?!-)[a-z0-9.-]{1,253}$")
@@ -304,6 +304,8 @@ async def list_events(request: web.Request) -> web.Response:
     if state is not None and state not in STATES:
         raise BadRequest(f"one of {', '.join(STATES)}", "state")
     pixel, event = request.query.get("pixel"), request.query.get("event")
+    if event:  # aliases are one event: CompletePayment finds the receipt keyed by Purchase
+        event = canonical_event(event)
     limit = _int_param(request, "limit", 50, 1, PAGE_MAX)
     since, until = _time_param(request, "since"), _time_param(request, "until")
     cursor = request.query.get("cursor")
@@ -333,7 +335,7 @@ async def list_events(request: web.Request) -> web.Response:
         for raw_id, fields in page:
             member = fields.get(b"d", b"").decode()
             p, e, i = keys.split_dedup_id(member)
-            if (pixel and p != pixel) or (event and e != event):
+            if (pixel and p != pixel) or (event and canonical_event(e) != event):
                 continue
             members.append((member, raw_id.decode()))
             pipe.hgetall(keys.receipt_key(p, e, i))
@@ -388,13 +390,13 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
             raise BadRequest(str(exc).split(": ", 1)[-1], name) from None
     redis = request.config_dict[REDIS]
     letters = await dead_letters(
-        redis, event_ids=set(event_ids or ()), since_ms=times["since"], until_ms=times["until"]
+        redis,
+        event_ids=set(event_ids or ()),
+        since_ms=times["since"],
+        until_ms=times["until"],
+        pixel=body.get("pixel"),
+        event=body.get("event"),
     )
-    letters = [
-        x
-        for x in letters
-        if body.get("pixel") in (None, x.pixel) and body.get("event") in (None, x.event)
-    ]
     if event_ids == []:
         letters = []
     return _json({"queued": await replay(redis, letters)})

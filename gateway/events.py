@@ -13,7 +13,9 @@ Event names:
   purchase name (``TTGW_PURCHASE_EVENT``, default ``Purchase``, the current standard name —
   set ``CompletePayment`` when the pixel on the storefront sends that).
 * TikTok's reserved names map to the standard event TikTok maps them to (``Checkout`` →
-  ``PlaceAnOrder``, ...).
+  ``PlaceAnOrder``, ...; the table is ``tiktok_spec.RESERVED_TARGETS``).
+* Deduplication treats TikTok's aliases as one event (``tiktok_spec.canonical_event``:
+  ``CompletePayment`` = ``Purchase``), while the name resolved here is the one sent.
 * Anything else passes as a custom event when it meets TikTok's rules (at most 50 letters, digits,
   ``_`` or ``-``, starting with a letter); a name that differs from a standard one only in case,
   or breaks the rules, is refused with a clear error.
@@ -41,6 +43,7 @@ from gateway.identity import redact_url
 from gateway.tiktok_spec import (
     ACCEPTED_EVENTS,
     PAGEVIEW,
+    RESERVED_TARGETS,
     SUPPORTED_CURRENCIES,
     event_name_problem,
 )
@@ -69,22 +72,6 @@ SEGMENT_NAMES: Mapping[str, str] = {
     "trial started": "StartTrial",
     "page viewed": PAGEVIEW,
     "application submitted": "SubmitApplication",
-}
-
-RESERVED_TARGETS: Mapping[str, str] = {
-    "AddBilling": "AddPaymentInfo",
-    "Browse": PAGEVIEW,
-    "Checkout": "PlaceAnOrder",
-    "ClickForm": "Lead",
-    "ClickInDownloadPage": "ClickButton",
-    "ClickToDownload": "Download",
-    "Consult": "Contact",
-    "ConsultByPhone": "Contact",
-    "Registration": "CompleteRegistration",
-    "StartCheckout": "InitiateCheckout",
-    "ViewConsultationPage": "ViewContent",
-    "ViewDownloadPage": "ViewContent",
-    "ViewForm": "ViewContent",
 }
 
 # The client never chooses where events go: these fields are refused, not ignored.

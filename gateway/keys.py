@@ -5,9 +5,10 @@ operation is legal on Redis Cluster:
 
 * ``{q}`` — the delivery queue: the event stream, its retry set, dead letters, receipts (which
   double as the ingest idempotency markers), their time-ordered log and event_id index, delivery
-  markers, the sandbox's record and queue counters. Ingest (receipt check + XADD + receipt) and
-  settlement (XACK + XDEL + receipt + "sent" marker, or ZADD retry, or XADD dead) are single
-  scripts over these keys.
+  markers, the name a queued event is to be sent under (``send-as``), the sandbox's record and
+  queue counters. Ingest (receipt check + XADD + receipt, or the ``send-as`` name of a
+  duplicate) and settlement (XACK + XDEL + receipt + "sent" marker, or ZADD retry, or XADD dead)
+  are single scripts over these keys.
 * ``{id}`` — identity: visitors (click, ``_ttp``, IP, user agent), and the links from hashed
   email / phone / customer id to visitors. Stitching reads and writes these in one script.
 * ``{rl:<pixel>}`` — one rate limiter per pixel (its own tag: it is hot and touched alone).
@@ -32,7 +33,12 @@ COUNTERS_HASH = f"{PREFIX}:{QUEUE_TAG}:counters"
 
 
 def dedup_id(pixel_code: str, event: str, event_id: str) -> str:
-    """The identity TikTok deduplicates on: same pixel, same literal event name, same event_id."""
+    """The identity an event is delivered once by: pixel, event name, event_id.
+
+    ``event`` is the canonical name (``tiktok_spec.canonical_event``): TikTok's aliases, such as
+    ``CompletePayment`` and ``Purchase``, are one event. Every key built from it below takes the
+    canonical name too; the name sent to TikTok may differ (see :func:`send_as_key`).
+    """
     return f"{pixel_code}\x1f{event}\x1f{event_id}"
 
 
@@ -51,6 +57,17 @@ def receipt_key(pixel_code: str, event: str, event_id: str) -> str:
     received less than :data:`IDEMPOTENCY_TTL_S` ago is a duplicate and is not queued again.
     """
     return RECEIPT_KEY_PREFIX + dedup_id(pixel_code, event, event_id)
+
+
+def send_as_key(pixel_code: str, event: str, event_id: str) -> str:
+    """The literal name to send a queued event under, when the page used another alias.
+
+    Written by ingest (never by the worker) when the page's copy of an event arrives while the
+    backend's copy of it, under another alias, is still queued or retrying: a string holding the
+    page's name (``CompletePayment`` while ``Purchase`` is queued), kept :data:`IDEMPOTENCY_TTL_S`.
+    The worker sends the queued event under that name, so TikTok pairs it with the pixel's copy.
+    """
+    return f"{PREFIX}:{QUEUE_TAG}:send-as:{dedup_id(pixel_code, event, event_id)}"
 
 
 def split_dedup_id(dedup: str) -> tuple[str, str, str]:

@@ -8,8 +8,17 @@ and counted it. A repeat inside the window is answered as a duplicate and not qu
 Events suppressed by consent get a receipt that says so and are never queued. All keys of these
 scripts share the ``{q}`` hash tag.
 
-Stream entry fields: ``pixel``, ``event``, ``event_id``, ``data`` (the TikTok ``data[]`` object as
-JSON, hashed and enriched), ``received_ms``, ``source`` (``browser`` or ``server``).
+``event`` in that identity is the canonical name (``tiktok_spec.canonical_event``): TikTok's
+aliases are one event, so the page's ``CompletePayment`` and the backend's ``Purchase`` (its
+``Order Completed``) for one order are queued once, whichever comes first. The event keeps the
+literal name it came with (in ``data``, and as the receipt's ``queued_as`` when that is not the
+canonical name). When the page's copy comes while the backend's, under another alias, is still
+queued or retrying, the page's name is written to ``keys.send_as_key`` (and to the receipt's
+``send_as``): the worker sends the queued event under it, so TikTok pairs it with the pixel's.
+
+Stream entry fields: ``pixel``, ``event`` (the canonical name), ``event_id``, ``data`` (the TikTok
+``data[]`` object as JSON, hashed and enriched, with the literal name), ``received_ms``, ``source``
+(``browser`` or ``server``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from functools import partial
 
 from gateway import keys
 from gateway.connections import Lua, LuaCall, RedisClient, RunCalls, eval_many
+from gateway.tiktok_spec import canonical_event
 
 # Shared by both ingest scripts. KEYS[1] is the receipt; the time-ordered receipt log and the
 # event_id index are named by the caller. A log entry past the retention leaves with its index
@@ -74,21 +84,36 @@ end
 _ENQUEUE = Lua(
     _RECORD
     + r"""
--- KEYS: receipt, stream, receipt log, receipt ids, counters
+-- KEYS: receipt, stream, receipt log, receipt ids, counters, send-as name
 -- ARGV: idempotency ttl s, queue max (0 = no limit), receipt ttl s, received ms,
---       pixel\31event, event_id, receipt key prefix, source, then the stream entry's pairs
+--       pixel\31event (canonical), event_id, receipt key prefix, source, the literal name,
+--       then the stream entry's pairs
 local received = tonumber(ARGV[4])
-if duplicate(KEYS[1], KEYS[5], received, tonumber(ARGV[1]) * 1000) then return 0 end
+local canonical = string.match(ARGV[5], '\31(.*)$')
+if duplicate(KEYS[1], KEYS[5], received, tonumber(ARGV[1]) * 1000) then
+  -- the page's copy of an event a backend queued under another alias, not yet sent: ours goes
+  -- under the page's name, so TikTok pairs it with the pixel's copy (the first page copy wins)
+  if ARGV[8] == 'browser' then
+    local r = redis.call('HMGET', KEYS[1], 'state', 'source', 'queued_as', 'send_as')
+    if (r[1] == 'queued' or r[1] == 'retrying') and r[2] ~= 'browser' and not r[4]
+        and (r[3] or canonical) ~= ARGV[9] then
+      redis.call('SET', KEYS[6], ARGV[9], 'EX', ARGV[1])
+      redis.call('HSET', KEYS[1], 'send_as', ARGV[9])
+    end
+  end
+  return 0
+end
 local limit = tonumber(ARGV[2])
 if limit > 0 and redis.call('XLEN', KEYS[2]) >= limit then
   return -1
 end
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[6])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'stream_id', id, 'attempts', 0,
   'source', ARGV[8], 'received_ms', ARGV[4])
+if ARGV[9] ~= canonical then redis.call('HSET', KEYS[1], 'queued_as', ARGV[9]) end
 redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[3]), tonumber(ARGV[1])))
 record(KEYS[3], KEYS[4], ARGV[7], ARGV[5], ARGV[6], received, tonumber(ARGV[3]) * 1000)
 redis.call('HINCRBY', KEYS[5], 'accepted', 1)
@@ -131,7 +156,10 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One event ready for the queue: ``data`` is the TikTok event object as JSON."""
+    """One event ready for the queue: ``data`` is the TikTok event object as JSON.
+
+    ``event`` is the name sent, as in ``data``; the queue deduplicates on its canonical name.
+    """
 
     pixel: str
     event: str
@@ -164,8 +192,9 @@ class IngestQueue:
         received_ms = int((time.time() if now is None else now) * 1000)
         calls: list[LuaCall] = []
         for item in items:
-            receipt = keys.receipt_key(item.pixel, item.event, item.event_id)
-            pair = f"{item.pixel}\x1f{item.event}"
+            event = canonical_event(item.event)
+            receipt = keys.receipt_key(item.pixel, event, item.event_id)
+            pair = f"{item.pixel}\x1f{event}"
             if item.suppressed is not None:
                 calls.append(
                     (
@@ -180,7 +209,7 @@ class IngestQueue:
                 )  # fmt: skip
                 continue
             fields: list[str | bytes | int] = [
-                "pixel", item.pixel, "event", item.event, "event_id", item.event_id,
+                "pixel", item.pixel, "event", event, "event_id", item.event_id,
                 "source", item.source, "received_ms", received_ms, "data", item.data,
             ]  # fmt: skip
             calls.append(
@@ -192,10 +221,11 @@ class IngestQueue:
                         keys.RECEIPT_LOG_STREAM,
                         keys.RECEIPT_IDS_HASH,
                         keys.COUNTERS_HASH,
+                        keys.send_as_key(item.pixel, event, item.event_id),
                     ],
                     [
                         keys.IDEMPOTENCY_TTL_S, max_events, receipt_ttl_s, received_ms, pair,
-                        item.event_id, keys.RECEIPT_KEY_PREFIX, item.source, *fields,
+                        item.event_id, keys.RECEIPT_KEY_PREFIX, item.source, item.event, *fields,
                     ],
                 )
             )  # fmt: skip

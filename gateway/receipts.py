@@ -5,13 +5,16 @@ every settlement, kept ``TTGW_RECEIPT_TTL_S``: ``state`` (``queued``, ``retrying
 ``delivered``, ``dead`` or ``suppressed``), ``reason``, ``attempts``, ``first_try_ms``,
 ``last_try_ms``, TikTok's ``http_status``, ``code``, ``message`` and ``request_id``, and the
 ``payload`` sent (the event object with hashed identifiers; the access token is never part of
-it). A repeat of the same event (at ingest, or a copy found already delivered before sending)
-does not overwrite the receipt: it is counted in its ``duplicates`` field.
+it). ``event`` is the canonical name (``tiktok_spec.canonical_event``: one receipt for
+``CompletePayment`` and ``Purchase``); ``queued_as`` is the name the queued copy carries when it
+is another alias, and ``send_as`` the page's name it is to be sent under (see ``queue.py``).
+A repeat of the same event (at ingest, or a copy found already delivered before sending) does
+not overwrite the receipt: it is counted in its ``duplicates`` field.
 
 The receipt doubles as the ingest idempotency marker (see ``queue.py``). Receipts are found by
 event_id through ``keys.RECEIPT_IDS_HASH`` and listed newest first through
-``keys.RECEIPT_LOG_STREAM``; the hash itself holds no pixel, event name or event_id (its key
-does).
+``keys.RECEIPT_LOG_STREAM``; the hash itself holds no pixel, canonical event name or event_id
+(its key does).
 """
 
 from __future__ import annotations

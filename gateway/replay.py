@@ -19,6 +19,7 @@ from typing import cast
 
 from gateway import keys
 from gateway.connections import Lua, LuaCall, RedisClient, eval_many
+from gateway.tiktok_spec import canonical_event
 
 _REPLAY = Lua("""
 -- KEYS: dead stream, events stream, counters; ARGV: dead id, now ms, prefix of receipts
@@ -61,8 +62,14 @@ async def dead_letters(
     event_ids: Collection[str] = (),
     since_ms: int | None = None,
     until_ms: int | None = None,
+    pixel: str | None = None,
+    event: str | None = None,
 ) -> list[DeadLetter]:
-    """The dead letters matching the filter (all when none is given), oldest first."""
+    """The dead letters matching the filter (all when none is given), oldest first.
+
+    ``event`` matches any of TikTok's aliases of it (``CompletePayment`` finds ``Purchase``).
+    """
+    wanted = None if event is None else canonical_event(event)
     start = "-" if since_ms is None else str(since_ms)
     end = "+" if until_ms is None else str(until_ms)
     found: list[DeadLetter] = []
@@ -74,6 +81,10 @@ async def dead_letters(
         for dead_id, fields in page:
             text = {k.decode(): v.decode() for k, v in fields.items() if k != b"data"}
             if event_ids and text.get("event_id") not in event_ids:
+                continue
+            if pixel is not None and text.get("pixel") != pixel:
+                continue
+            if wanted is not None and canonical_event(text.get("event", "")) != wanted:
                 continue
             found.append(
                 DeadLetter(

@@ -11,7 +11,7 @@ import ipaddress
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -73,23 +73,28 @@ STANDARD_EVENTS = frozenset(
 )
 LEGACY_EVENTS = frozenset({"ClickButton", "CompletePayment", "PlaceAnOrder", "SubmitForm"})
 PAGEVIEW = "Pageview"
-RESERVED_EVENTS = frozenset(
-    {
-        "AddBilling",
-        "Browse",
-        "Checkout",
-        "ClickForm",
-        "ClickInDownloadPage",
-        "ClickToDownload",
-        "Consult",
-        "ConsultByPhone",
-        "Registration",
-        "StartCheckout",
-        "ViewConsultationPage",
-        "ViewDownloadPage",
-        "ViewForm",
-    }
-)
+# Reserved names (reference §5): TikTok maps each to a standard event and refuses it as a custom
+# name. Ingest sends the target instead (``events.NameTable``).
+RESERVED_TARGETS: Mapping[str, str] = {
+    "AddBilling": "AddPaymentInfo",
+    "Browse": PAGEVIEW,
+    "Checkout": "PlaceAnOrder",
+    "ClickForm": "Lead",
+    "ClickInDownloadPage": "ClickButton",
+    "ClickToDownload": "Download",
+    "Consult": "Contact",
+    "ConsultByPhone": "Contact",
+    "Registration": "CompleteRegistration",
+    "StartCheckout": "InitiateCheckout",
+    "ViewConsultationPage": "ViewContent",
+    "ViewDownloadPage": "ViewContent",
+    "ViewForm": "ViewContent",
+}
+RESERVED_EVENTS = frozenset(RESERVED_TARGETS)
+# TikTok's aliases (reference §5, "Reserved names"): each name here is the same event as its
+# target, so the gateway deduplicates them as one. ``CompletePayment`` is also a legacy name
+# that is still sent as given (the pixel on a page may use it).
+EVENT_ALIASES: Mapping[str, str] = {"CompletePayment": "Purchase", **RESERVED_TARGETS}
 ACCEPTED_EVENTS = STANDARD_EVENTS | LEGACY_EVENTS | {PAGEVIEW}
 # Case-folded known names: "purchase" or "PageView" would silently miss dedup with the pixel.
 KNOWN_FOLDED = {n.casefold(): n for n in ACCEPTED_EVENTS | RESERVED_EVENTS}
@@ -111,6 +116,17 @@ def event_name_problem(name: str) -> str | None:
             "digits, '_' or '-', starting with a letter)"
         )
     return None
+
+
+def canonical_event(name: str) -> str:
+    """The one name of an event among TikTok's aliases: ``CompletePayment`` → ``Purchase``,
+    ``Checkout`` → ``PlaceAnOrder``, ...; any other name is its own.
+
+    The gateway's idempotency identity ``(pixel, event, event_id)`` — receipts, sent markers, the
+    queued entry's ``event`` field — uses this name, so a page's ``CompletePayment`` and a
+    backend's ``Purchase`` for one order are one event. What is sent keeps its literal name.
+    """
+    return EVENT_ALIASES.get(name, name)
 
 
 SUPPORTED_CURRENCIES = frozenset(

@@ -261,9 +261,9 @@ async def test_several_pixels_map_by_host(
     other = await client.post("/e", json=order, headers={"Host": "evil.example"})
     assert (fr.status, de.status, other.status) == (202, 202, 404)
     assert (await other.json())["field"] == "Host"
-    assert [(e["pixel"], e["event"]) for e in await queued(redis)] == [
+    assert [(e["pixel"], e["data"]["event"]) for e in await queued(redis)] == [
         ("CFRFRFRFRFRFRFRFRFR0", "Purchase"),
-        ("CDEDEDEDEDEDEDEDEDE0", "CompletePayment"),
+        ("CDEDEDEDEDEDEDEDEDE0", "CompletePayment"),  # the name sent (the queue's is canonical)
     ]
 
 

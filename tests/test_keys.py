@@ -25,6 +25,7 @@ def test_queue_operation_keys_share_one_slot() -> None:
         keys.RECEIPT_IDS_HASH,
         keys.sent_key(PIXEL, EVENT, EVENT_ID),
         keys.receipt_key(PIXEL, EVENT, EVENT_ID),
+        keys.send_as_key(PIXEL, EVENT, EVENT_ID),
     ]
     assert len({slot(k) for k in together}) == 1
 
