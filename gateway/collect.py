@@ -40,7 +40,7 @@ from gateway.metrics import CLICKS_CAPTURED, EVENTS_INGESTED, EVENTS_REJECTED, M
 from gateway.queue import Outgoing, QueueFull, Status
 from gateway.settings import Integration
 from gateway.stats import present_keys
-from gateway.visitors import Session, StitchRequest
+from gateway.visitors import Click, LinkSource, Session, StitchRequest
 
 log = get_logger("gateway.collect")
 
@@ -261,8 +261,15 @@ async def _browser_session(
     browser: BrowserRequest,
     parsed: Parsed,
     now_ms: int,
-) -> tuple[Session, Any]:
-    """One stitch for the whole request: session, new click, identifiers of consenting events."""
+) -> tuple[Session, Click | None]:
+    """One stitch for the whole request: the session, and the click the browser's cookie keeps.
+
+    The identifiers the events carry are the browser's claims: whatever is stored for them (a
+    click, a ``_ttp``, a visitor) may be attached on the server to this browser's events, but
+    never reaches its cookies or the answer. The cookie's click is the browser's own, from its
+    own landing: one in this request's page URL (or same-host referrer), the one stored for this
+    visitor, else the one its cookie already carries.
+    """
     click = None
     links: list[tuple[str, str]] = []
     page_url = None
@@ -279,7 +286,7 @@ async def _browser_session(
         browser.visitor_id, links, browser.session_fields(now_ms, page_url), click
     )
     session = await request.app[VISITORS].stitch(request_, now_ms)
-    return session, session.click or browser.click
+    return session, session.click or browser.click  # never session.borrowed_click
 
 
 async def preflight_browser(request: web.Request) -> web.Response:
@@ -315,7 +322,8 @@ async def collect_server(request: web.Request) -> web.Response:
             visitor = signer.read_visitor(envelope.anonymous_id) if envelope.anonymous_id else None
             keep = decide(envelope.consent, integration.required_consent).keep_personal_data
             links = hashed.links() if keep else []
-            stitches.append(StitchRequest(visitor, links))
+            # the backend vouches for a visitor it names; one it does not name is only read
+            stitches.append(StitchRequest(visitor, links, source=LinkSource.VERIFIED))
         sessions = await app[VISITORS].stitch_many(stitches, now_ms)
         origin = Origin(source="server", host=request.host)
         answers = await _queue(request, integration, parsed, sessions, origin)

@@ -148,7 +148,8 @@ def build_event(
     given = envelope.user
     browser = origin.source == "browser"
     given_ttclid = strip_pixel_click_suffix(given.ttclid) if given.ttclid else None
-    click = session.click or origin.click
+    # a click of the visitor's own landing first; one borrowed through a link only fills in
+    click = session.click or origin.click or session.borrowed_click
     stored = click.ttclid if click else None
     # the browser's own click (captured server-side) beats what page script claims; a backend
     # that kept the ttclid with the order knows better than an older session
