@@ -36,7 +36,14 @@ from gateway.events import (
 )
 from gateway.ingest import HashedUser, Origin, build_event, click_from_page, encode, hash_user
 from gateway.logs import get_logger
-from gateway.metrics import CLICKS_CAPTURED, EVENTS_INGESTED, EVENTS_REJECTED, MATCH_KEYS_SEEN
+from gateway.metrics import (
+    CLICKS_CAPTURED,
+    EVENTS_INGESTED,
+    EVENTS_REJECTED,
+    MATCH_KEYS_SEEN,
+    event_label,
+    field_label,
+)
 from gateway.queue import Outgoing, QueueFull, Status
 from gateway.settings import Integration
 from gateway.stats import present_keys
@@ -183,9 +190,10 @@ async def _queue(
             entry["status"] = status.value
             EVENTS_INGESTED.labels(status.value, origin.source).inc()
             if status is Status.QUEUED:
-                MATCH_KEYS_SEEN.labels(event["event"], "total").inc()
+                label = event_label(event["event"])
+                MATCH_KEYS_SEEN.labels(label, "total").inc()
                 for key in present_keys(event):
-                    MATCH_KEYS_SEEN.labels(event["event"], key).inc()
+                    MATCH_KEYS_SEEN.labels(label, key).inc()
         # written with the next round trip; a chart may miss a count, never an event
         request.app[COALESCER].count({"accepted": sum(1 for s in statuses if s is Status.QUEUED)})
     answers.sort(key=lambda a: int(a["index"]))
@@ -208,7 +216,7 @@ def _unavailable(exc: Exception) -> Problem:
 
 def _count_rejections(errors: list[dict[str, Any]], source: str) -> None:
     for error in errors:
-        EVENTS_REJECTED.labels(error["field"].rsplit(".", 1)[-1], source).inc()
+        EVENTS_REJECTED.labels(field_label(error["field"]), source).inc()
 
 
 async def collect_browser(request: web.Request) -> web.Response:

@@ -1,11 +1,14 @@
 """Prometheus metrics of the gateway (served at ``/metrics``).
 
-Counters carry no identifiers and no user data: only event names, reasons and key names.
+Counters carry no identifiers and no user data: only event names, reasons and key names. Every
+label value comes from a fixed set, whatever a request says: a label per custom event name or per
+list index would let any client add series (memory and scrape size) without bound.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 from aiohttp import web
@@ -14,6 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from gateway import keys
 from gateway.appkeys import REDIS
 from gateway.connections import REDIS_ERRORS, RedisClient
+from gateway.tiktok_spec import ACCEPTED_EVENTS
+
+CUSTOM_EVENT_LABEL = "custom"
+_INDEX_RE = re.compile(r"\[[0-9]+\]")
 
 EVENTS_INGESTED = Counter(
     "ttgw_events_ingested_total",
@@ -31,6 +38,17 @@ IDENTIFIERS_DROPPED = Counter(
 CLICKS_CAPTURED = Counter(
     "ttgw_clicks_captured_total", "TikTok clicks (ttclid) captured, by where", ["via"]
 )
+
+
+def event_label(name: str) -> str:
+    """The ``event`` label of ``name``: a TikTok standard name as it is, any other ``custom``."""
+    return name if name in ACCEPTED_EVENTS else CUSTOM_EVENT_LABEL
+
+
+def field_label(field: str) -> str:
+    """The ``reason`` label of a refused field: its last part without list indexes
+    (``events[3].properties.contents[7].price`` → ``price``, ``user.email[2]`` → ``email``)."""
+    return _INDEX_RE.sub("", field.rsplit(".", 1)[-1])
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -67,8 +85,9 @@ INTEGRATION_PAUSES = Counter(
 
 MATCH_KEYS_SEEN = Counter(
     "ttgw_match_keys_total",
-    "Queued events by event name and match key present (email, phone, external_id, ttclid, ttp, "
-    "ip, user_agent; 'total' counts every queued event)",
+    "Queued events by event name (TikTok's standard names; every custom name is 'custom') and "
+    "match key present (email, phone, external_id, ttclid, ttp, ip, user_agent; 'total' counts "
+    "every queued event)",
     ["event", "key"],
 )
 RATE_LIMIT_WAIT_SECONDS = Histogram(
