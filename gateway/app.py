@@ -31,6 +31,7 @@ from gateway.appkeys import (
     VISITORS,
 )
 from gateway.connections import REDIS_ERRORS, Coalescer, RedisOptions, make_redis
+from gateway.content_encoding import SERVER_LOG, decoded_bodies
 from gateway.cookies import CookieSigner
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
@@ -136,7 +137,11 @@ def create_app(settings: Settings) -> web.Application:
     """Build the gateway's web application for ``settings`` (``redis_url`` must be set)."""
     if settings.redis_url is None:
         raise ValueError("create_app needs settings.redis_url (start the embedded Redis first)")
-    app = web.Application(middlewares=[request_context], client_max_size=keys.TRACK_BODY_MAX_BYTES)
+    app = web.Application(
+        middlewares=[request_context, decoded_bodies],
+        client_max_size=keys.TRACK_BODY_MAX_BYTES,
+        handler_args={"logger": SERVER_LOG},
+    )
     app[SETTINGS] = settings
     app[SIGNER] = CookieSigner(settings.secret_key)
     app[INTEGRATIONS] = Integrations(settings)
