@@ -145,9 +145,23 @@ def _banner(settings: Settings, port: int, *, worker: bool) -> None:
         f"tt-gateway {__version__} listening on {base}",
         f"  collector:   {base}/c.js",
         f"  dashboard:   {base}/dashboard",
-        f"  admin token: {settings.admin_token}",
-        f"  write key:   {settings.write_key}  (Authorization: Bearer ... on POST /v1/track)",
     ]
+    # A secret is printed only by the start that generated it: logs outlive it (docker logs,
+    # journald), and one the operator supplied is theirs to keep.
+    kept = settings.secrets_file
+    for name, secret, label, variable, use in (
+        ("admin_token", settings.admin_token, "admin token:", "TTGW_ADMIN_TOKEN",
+         "for /v1/admin/* and the dashboard"),
+        ("write_key", settings.write_key, "write key:  ", "TTGW_WRITE_KEY",
+         "Authorization: Bearer ... on POST /v1/track"),
+    ):  # fmt: skip
+        if name in settings.generated_secrets:
+            shown = f"{secret}  (new, kept in {kept}; printed only now; {use})"
+        elif name in settings.stored_secrets:
+            shown = f"kept in {kept} (not printed; {use})"
+        else:
+            shown = f"from {variable} (not printed; {use})"
+        lines.append(f"  {label} {shown}")
     if settings.sandbox:
         lines.append(
             "  SANDBOX MODE: no pixel configured (TTGW_PIXEL_CODE, TTGW_ACCESS_TOKEN); events are "
@@ -161,7 +175,7 @@ def _banner(settings: Settings, port: int, *, worker: bool) -> None:
         lines.append("  no delivery worker in this process: run `tt-gateway worker` beside it")
     if settings.generated_secrets:
         generated = ", ".join(settings.generated_secrets)
-        lines.append(f"  generated and kept in {settings.data_dir}: {generated}")
+        lines.append(f"  generated on this start and kept in {kept}: {generated}")
     print("\n".join(lines), flush=True)
 
 

@@ -109,7 +109,10 @@ class Settings:
     paused_probe_s: float = keys.PAUSED_PROBE_INTERVAL_S
     pixel_origin: str = "https://analytics.tiktok.com"
     coverage_drop_alert: float = 0.3
+    # Where each secret came from on this start: generated now (and written to the data dir's
+    # secrets file), read from that file, else (in neither) given by the environment.
     generated_secrets: tuple[str, ...] = ()
+    stored_secrets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.receipt_ttl_s < max(self.dead_letter_after_s, keys.IDEMPOTENCY_TTL_S):
@@ -124,6 +127,11 @@ class Settings:
     def sandbox(self) -> bool:
         """True when no pixel is configured: the built-in sandbox records events, none are sent."""
         return not any(i.enabled for i in self.integrations)
+
+    @property
+    def secrets_file(self) -> Path:
+        """Where generated secrets are kept (mode 0600)."""
+        return self.data_dir / SECRETS_FILE
 
     @property
     def embedded_redis(self) -> bool:
@@ -155,7 +163,7 @@ class Settings:
             "write_key": _token("TTGW_WRITE_KEY", get("TTGW_WRITE_KEY"), _TOKEN_MIN_CHARS),
             "secret_key": _token("TTGW_SECRET_KEY", get("TTGW_SECRET_KEY"), _SECRET_KEY_MIN_CHARS),
         }
-        resolved, generated = _resolve_secrets(data_dir, given)
+        resolved, generated, stored = _resolve_secrets(data_dir, given)
         return cls(
             redis_url=_redis_url(get("TTGW_REDIS_URL")),
             data_dir=data_dir,
@@ -248,6 +256,7 @@ class Settings:
                 "TTGW_COVERAGE_DROP_ALERT", get("TTGW_COVERAGE_DROP_ALERT") or "0.3", 0.01, 1
             ),
             generated_secrets=generated,
+            stored_secrets=stored,
         )
 
 
@@ -456,15 +465,16 @@ _SECRET_FACTORIES = {
 
 def _resolve_secrets(
     data_dir: Path, given: Mapping[str, str | None]
-) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Return every secret: the given ones, else those kept in the data dir, else new ones.
+) -> tuple[dict[str, str], tuple[str, ...], tuple[str, ...]]:
+    """Return every secret — the given ones, else those kept in the data dir, else new ones — with
+    the names of those generated now and of those read from the data dir.
 
     Generated secrets are written once (mode 0600) under an exclusive lock, so a web process and
     a worker started together agree on the same values.
     """
     missing = [name for name, value in given.items() if value is None]
     if not missing:
-        return {k: v for k, v in given.items() if v is not None}, ()
+        return {k: v for k, v in given.items() if v is not None}, (), ()
     path = data_dir / SECRETS_FILE
     try:
         with open(data_dir / ".secrets.lock", "a+b") as lock:
@@ -488,7 +498,7 @@ def _resolve_secrets(
     resolved = {
         name: value if value is not None else str(stored[name]) for name, value in given.items()
     }
-    return resolved, tuple(new)
+    return resolved, tuple(new), tuple(name for name in missing if name not in new)
 
 
 def _read_secrets(path: Path) -> dict[str, Any]:

