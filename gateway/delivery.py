@@ -50,6 +50,7 @@ from gateway.integrations import SANDBOX, Integrations, IntegrationStore, TokenB
 from gateway.logs import get_logger
 from gateway.metrics import (
     DELIVERY_OUTCOMES,
+    event_label,
     DELIVERY_SECONDS,
     INTEGRATION_PAUSES,
     RATE_LIMIT_WAIT_SECONDS,
@@ -93,7 +94,7 @@ def coverage_shape(event: Mapping[str, Any]) -> Mapping[str, Any]:
     """
     user = event.get("user")
     carried = tuple(present_keys(event)) if isinstance(user, dict) else ()
-    key = (str(event.get("event", "")), carried)
+    key = (event_label(str(event.get("event", ""))), carried)  # bounded: standard or custom
     shape = _shapes.get(key)
     if shape is None:
         if len(_shapes) >= SHAPES_KEPT:

@@ -324,11 +324,21 @@ class Outbox:
             )  # fmt: skip
 
     async def already_sent(self, entries: Sequence[Entry]) -> list[bool]:
-        """Which entries TikTok already accepted (inside the 48 h window): one MGET."""
+        """Which entries TikTok already accepted (inside the 48 h window), in one MGET that also
+        reads the name each entry is to be sent under: an entry whose page copy, under another
+        alias, arrived while it was queued (:func:`keys.send_as_key`) is renamed to the page's
+        name here, so TikTok pairs it with the pixel's copy."""
         if not entries:
             return []
         names = [keys.sent_key(e.pixel, e.event, e.event_id) for e in entries]
-        return [marker is not None for marker in await self.redis.mget(names)]
+        names += [keys.send_as_key(e.pixel, e.event, e.event_id) for e in entries]
+        values = await self.redis.mget(names)
+        n = len(entries)
+        for entry, send_as in zip(entries, values[n:], strict=True):
+            if send_as is not None:
+                name = send_as.decode() if isinstance(send_as, bytes) else str(send_as)
+                entry.data = renamed(entry.data, name)
+        return [marker is not None for marker in values[:n]]
 
     def _receipt(self, entry: Entry, now_ms: int) -> list[str]:
         return [
@@ -459,6 +469,15 @@ class Outbox:
         now = int(time.time() * 1000)
         (moved,) = await eval_many(self.redis, [(_EXPEDITE, [keys.RETRY_ZSET], [now, limit])])
         return int(moved)
+
+
+def renamed(data: bytes, name: str) -> bytes:
+    """The queued event JSON ``data`` with its ``event`` set to ``name`` (unchanged if it is)."""
+    event = orjson.loads(data)
+    if not isinstance(event, dict) or event.get("event") == name:
+        return data
+    event["event"] = name
+    return orjson.dumps(event)
 
 
 def _plain(entry: Entry) -> dict[str, Any]:
