@@ -50,11 +50,11 @@ from gateway.integrations import SANDBOX, Integrations, IntegrationStore, TokenB
 from gateway.logs import get_logger
 from gateway.metrics import (
     DELIVERY_OUTCOMES,
-    event_label,
     DELIVERY_SECONDS,
     INTEGRATION_PAUSES,
     RATE_LIMIT_WAIT_SECONDS,
     REQUEST_EVENTS,
+    event_label,
 )
 from gateway.outbox import Entry, Outbox, Outcome
 from gateway.ratelimit import RateLimit, RateLimiter

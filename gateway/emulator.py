@@ -57,6 +57,7 @@ class Outcome(StrEnum):
     THROTTLE = "throttle"  # HTTP 200, code 40100
     FAIL = "fail"  # HTTP `http_status` with an HTML proxy page (code 50000 JSON when 200)
     HANG = "hang"  # no answer for `hang_s` or until release_hangs(), then HTTP 500
+    SLOW = "slow"  # no answer for `hang_s` or until release_hangs(), then processed normally
     CODE = "code"  # HTTP 200 with the given body code/message; nothing is recorded
 
 
@@ -204,6 +205,10 @@ class EmulatorState:
             lambda: f"{len(self.accepted)} of {n} events accepted",
         )
         return list(self.accepted)
+
+    async def wait_for(self, ready: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        """Wait until ``ready()`` holds (checked as requests arrive)."""
+        await self._wait(ready, timeout_s, lambda: f"{len(self.accepted)} events accepted")
 
     async def wait_for_hanging(self, n: int = 1, timeout_s: float = 10.0) -> None:
         """Return once at least `n` requests are hanging; TimeoutError otherwise."""
@@ -403,7 +408,9 @@ async def _answer(
 ) -> tuple[_Reply, Outcome | None]:
     over_qps = state._over_qps(now)  # every request counts, scripted or not
     step = state._next_script()
-    if step is not None and step.outcome is not Outcome.OK:
+    if step is not None and step.outcome is Outcome.SLOW:
+        await state._hold(step.hang_s)  # TikTok took its time, then answered as usual
+    elif step is not None and step.outcome is not Outcome.OK:
         return await _scripted(state, step), step.outcome
     if over_qps:
         return _Reply.api(40100, MSG_THROTTLED), None

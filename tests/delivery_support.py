@@ -66,7 +66,8 @@ class Emulator:
 @asynccontextmanager
 async def running_emulator(**config: object) -> AsyncIterator[Emulator]:
     """The strict TikTok emulator on a free loopback port."""
-    state = EmulatorState(EmulatorConfig(tokens={TOKEN: {PIXEL}}, **config))  # type: ignore[arg-type]
+    config.setdefault("tokens", {TOKEN: {PIXEL}})
+    state = EmulatorState(EmulatorConfig(**config))  # type: ignore[arg-type]
     runner, port = await serve_emulator(state, "127.0.0.1", 0)
     try:
         yield Emulator(state, f"http://127.0.0.1:{port}/open_api/v1.3/")
