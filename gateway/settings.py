@@ -45,6 +45,7 @@ CONSENT_CATEGORIES = frozenset(
     {"ad_user_data", "ad_personalization", "ad_storage", "analytics_storage"}
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REDIS_FSYNC = ("everysec", "always")  # the embedded Redis's appendfsync
 PURCHASE_EVENTS = ("Purchase", "CompletePayment", "PlaceAnOrder")
 
 _PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
@@ -94,6 +95,7 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...]
     config_path: Path | None
     log_level: str
+    redis_fsync: str = "everysec"
     purchase_event: str = "Purchase"
     queue_max_events: int = 1_000_000
     event_max_age_s: int = keys.EVENT_MAX_AGE_S
@@ -182,6 +184,9 @@ class Settings:
             config_path=config_path,
             log_level=_choice(
                 "TTGW_LOG_LEVEL", (get("TTGW_LOG_LEVEL") or "info").lower(), LOG_LEVELS
+            ),
+            redis_fsync=_choice(
+                "TTGW_REDIS_FSYNC", (get("TTGW_REDIS_FSYNC") or "everysec").lower(), REDIS_FSYNC
             ),
             purchase_event=_choice(
                 "TTGW_PURCHASE_EVENT", get("TTGW_PURCHASE_EVENT") or "Purchase", PURCHASE_EVENTS

@@ -34,7 +34,7 @@ def test_redis_is_durable_and_never_evicts() -> None:
     redis = compose()["services"]["redis"]
     command = " ".join(redis["command"])
     assert re.search(r"--appendonly yes", command)
-    assert re.search(r"--appendfsync everysec", command)
+    assert re.search(r"--appendfsync \$\{TTGW_REDIS_FSYNC:-everysec\}", command)
     assert re.search(r"--maxmemory-policy noeviction", command)
     assert redis["image"].startswith("redis:7")
     assert any(v.endswith(":/data") for v in redis["volumes"])  # AOF on a volume

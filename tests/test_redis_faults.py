@@ -9,6 +9,7 @@ once, and no gateway process gone.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -381,3 +382,33 @@ async def test_a_sentinel_url_gives_each_server_its_own_credentials_and_time_out
         await plain.aclose()
     finally:
         await client.aclose()
+
+
+async def test_run_restarts_its_embedded_redis_when_it_is_killed(
+    processes: Processes, tmp_path: Path
+) -> None:
+    require_binary("redis-server")
+    async with running_emulator() as tiktok:
+        env = gateway_env(tiktok, "") | {"TTGW_REDIS_FSYNC": "always"}
+        env.pop("TTGW_REDIS_URL")
+        run = processes.start(env, "run")
+        await wait_until(lambda: "listening on" in processes.output(run), 30)
+        assert "appendfsync always" in processes.output(run)
+        pidfile = tmp_path / "data" / "redis" / "redis.pid"
+        first_pid = int(pidfile.read_text())
+        backend = Backend(f"http://127.0.0.1:{port_of(processes, run)}")
+        stream = asyncio.create_task(backend.send([f"o{i}" for i in range(EVENTS)]))
+        await wait_until(lambda: len(backend.acked) >= EVENTS // 3, 60)
+        os.kill(first_pid, signal.SIGKILL)
+        await wait_until(lambda: "starting it again" in processes.output(run), 30)
+        await asyncio.wait_for(stream, 120)
+        url = f"unix://{tmp_path / 'data' / 'redis' / 'redis.sock'}"
+        redis = Redis.from_url(url)
+        try:
+            await all_delivered_once(tiktok, redis, backend)
+        finally:
+            await redis.aclose()
+        assert int(pidfile.read_text()) != first_pid
+        assert run.poll() is None, processes.output(run)
+        run.send_signal(signal.SIGTERM)
+        assert await exited(run) == 0
