@@ -412,3 +412,84 @@ async def test_run_restarts_its_embedded_redis_when_it_is_killed(
         assert run.poll() is None, processes.output(run)
         run.send_signal(signal.SIGTERM)
         assert await exited(run) == 0
+
+
+# --- Cluster: three masters; the node holding the queue is SIGKILLed and started again ------
+
+
+async def _cluster_ok(ports: list[int]) -> bool:
+    for port in ports:
+        client = Redis(port=port)
+        try:
+            info = await client.execute_command("CLUSTER", "INFO")
+        finally:
+            await client.aclose()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        if "cluster_state:ok" not in text:
+            return False
+    return True
+
+
+async def _queue_node(ports: list[int]) -> int:
+    """The port of the node that serves the queue's hash tag ``{q}``."""
+    client = Redis(port=ports[0])
+    try:
+        slot = int(await client.execute_command("CLUSTER", "KEYSLOT", keys.EVENTS_STREAM))
+        for start, end, owner, *_ in await client.execute_command("CLUSTER", "SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(owner[1])
+    finally:
+        await client.aclose()
+    raise AssertionError("no node serves the queue's slot")
+
+
+async def test_serve_and_worker_ride_out_a_cluster_node_restart(
+    processes: Processes, redis_server_binary: Path, tmp_path: Path
+) -> None:
+    from tests.test_redis_topologies import cluster_port
+
+    cli = require_binary("redis-cli")
+    nodes = []
+    for i in range(3):
+        workdir = tmp_path / f"node{i}"
+        conf = ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
+                "--cluster-node-timeout", "1000"]  # fmt: skip
+        nodes.append(RedisNode(redis_server_binary, workdir, *conf, port=cluster_port()))
+    try:
+        for node in nodes:
+            node.start()
+        ports = [n.port for n in nodes]
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(cli), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        await wait_until(lambda: _cluster_ok(ports), 30)
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        queue_port = await _queue_node(ports)
+        victim = next(n for n in nodes if n.port == queue_port)
+        async with running_emulator() as tiktok:
+            env = gateway_env(tiktok, url)
+            serve = processes.start(env, "serve")
+            worker = processes.start(env, "worker")
+            await wait_until(lambda: "listening on" in processes.output(serve))
+            backend = Backend(f"http://127.0.0.1:{port_of(processes, serve)}")
+            stream = await kill_and_restart_mid_stream(
+                backend, victim, lambda: "redis_unavailable" in processes.output(worker)
+            )
+            await wait_until(lambda: _cluster_ok(ports), 30)
+            await asyncio.wait_for(stream, 120)
+            redis = Redis(port=queue_port)
+            try:
+                await all_delivered_once(tiktok, redis, backend)
+            finally:
+                await redis.aclose()
+            assert serve.poll() is None and worker.poll() is None, processes.output(worker)
+            worker.send_signal(signal.SIGTERM)
+            serve.send_signal(signal.SIGTERM)
+            assert await exited(worker) == 0
+            assert await exited(serve) == 0
+    finally:
+        for node in nodes:
+            node.stop()
