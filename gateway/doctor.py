@@ -10,6 +10,10 @@ address shares fewer than 16 (IPv4) or 64 (IPv6) leading bits with the storefron
 mismatch counting as no match. WebKit applies the address rule to hosts without a CNAME; doctor
 applies it to every gateway host, because the heuristic has been tightened before.
 
+``TTGW_COOKIE_DOMAIN`` is checked against the Public Suffix List (settings refuse a public suffix
+at start-up; doctor fails on one too) and against the hosts doctor knows of: a gateway host outside
+it gets host-only cookies, a storefront outside it cannot read ``_ttp``.
+
 Secrets never appear in the output: tokens and keys are not printed, and the Redis URL is shown
 without its credentials.
 """
@@ -46,7 +50,7 @@ from gateway.itp import (
     shares_prefix,
     split_families,
 )
-from gateway.settings import Integration, Settings, SettingsError
+from gateway.settings import Integration, Settings, SettingsError, cookie_domain_problem
 from gateway.tiktok import Answer, Verdict, build_body
 
 # The gateway.itp names here are re-exported: callers of doctor pass resolvers and host pairs.
@@ -58,6 +62,7 @@ __all__ = [
     "Resolver",
     "SystemResolver",
     "assess_redis",
+    "check_cookie_domain",
     "check_dns",
     "check_redis",
     "check_settings",
@@ -155,6 +160,47 @@ def check_settings(settings: Settings) -> list[Check]:
             if i.test_event_code
         ]
     return checks
+
+
+def check_cookie_domain(settings: Settings, hosts: Sequence[tuple[str, str]] = ()) -> list[Check]:
+    """Will browsers keep cookies for ``TTGW_COOKIE_DOMAIN`` on the hosts doctor knows of?
+
+    Those are the integrations' ``hostnames`` and the ``--check-host`` pairs. Nothing is said
+    when the variable is unset: every cookie is then the gateway host's own.
+    """
+    domain = settings.cookie_domain
+    if domain is None:
+        return []
+    if (problem := cookie_domain_problem(domain)) is not None:
+        return [Check("cookies", Level.FAIL, f"TTGW_COOKIE_DOMAIN: {problem}")]
+    served = [h for i in Integrations(settings).enabled for h in i.hostnames]
+    served += [gateway for gateway, _ in hosts]
+    storefronts = [storefront for _, storefront in hosts]
+    checks = [
+        Check(
+            "cookies",
+            Level.WARN,
+            f"{host} is not under TTGW_COOKIE_DOMAIN {domain}: the gateway's cookies there are "
+            f"host-only (no Domain), not shared with {domain}",
+        )
+        for host in dict.fromkeys(served)
+        if not _under(host, domain)
+    ]
+    checks += [
+        Check(
+            "cookies",
+            Level.WARN,
+            f"storefront {host} is not under TTGW_COOKIE_DOMAIN {domain}: "
+            "a pixel on its pages cannot read the _ttp cookie",
+        )
+        for host in dict.fromkeys(storefronts)
+        if not _under(host, domain)
+    ]
+    return checks or [Check("cookies", Level.OK, f"cookies for {domain} (not a public suffix)")]
+
+
+def _under(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
 
 
 # --- Redis ------------------------------------------------------------------------------------
@@ -444,7 +490,7 @@ async def run_checks(
     hosts: Sequence[tuple[str, str]] = (),
     resolver: Resolver | None = None,
 ) -> list[Check]:
-    """Every check, in order: settings, Redis, tokens, then DNS for each (gateway, storefront).
+    """Every check, in order: settings, cookie domain, Redis, tokens, then DNS for each pair.
 
     ``settings.redis_url`` must be set: ``tt-gateway doctor`` starts the embedded Redis first
     when there is none, as ``replay`` and ``send-test`` do.
@@ -461,7 +507,8 @@ async def run_checks(
         )
     finally:
         await client.aclose()
-    return check_settings(settings) + [check for group in groups for check in group]
+    first = check_settings(settings) + check_cookie_domain(settings, hosts)
+    return first + [check for group in groups for check in group]
 
 
 def render(checks: Sequence[Check]) -> str:

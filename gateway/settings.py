@@ -9,6 +9,7 @@ read by :mod:`gateway.config_file`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from publicsuffixlist import PublicSuffixList
 
 from gateway import keys
 
@@ -378,10 +380,54 @@ def _hostname(variable: str, raw: str) -> str:
 def _cookie_domain(raw: str | None) -> str | None:
     if raw is None:
         return None
+    if _is_address(raw):  # before _hostname, which would call an IPv6 address a bad host name
+        raise SettingsError("TTGW_COOKIE_DOMAIN", _address_problem(raw))
     name = _hostname("TTGW_COOKIE_DOMAIN", raw)
     if "." not in name and name != "localhost":
         raise SettingsError("TTGW_COOKIE_DOMAIN", f"must be a registrable domain, got {raw!r}")
+    if (problem := cookie_domain_problem(name)) is not None:
+        raise SettingsError("TTGW_COOKIE_DOMAIN", problem)
     return name
+
+
+def cookie_domain_problem(domain: str) -> str | None:
+    """Why browsers would refuse cookies with ``Domain=domain``; None when they keep them.
+
+    An IP address cannot be a cookie domain, nor can a public suffix (``co.uk``, ``myshopify.com``,
+    ``github.io``): browsers drop every cookie set for one. The suffixes are the Public Suffix
+    List's, ICANN and private sections, from the snapshot bundled with ``publicsuffixlist``.
+    """
+    name = domain.strip().lower().lstrip(".")
+    if _is_address(name):
+        return _address_problem(domain)
+    if name != "localhost" and _public_suffixes().is_public(name):
+        return (
+            f"{domain!r} is a public suffix: browsers refuse cookies for it; use your shop's own "
+            f"domain, e.g. shop.{name}"
+        )
+    return None
+
+
+def _is_address(text: str) -> bool:
+    """An IP address, or a name browsers parse as one (its last label is a number: ``1.2.3``)."""
+    name = text.strip().strip("[]").rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name.rpartition(".")[2].isdigit()
+    return True
+
+
+def _address_problem(raw: str) -> str:
+    return (
+        f"{raw!r} is an IP address: a cookie domain must be a domain name (leave it unset "
+        "for cookies of the gateway's host only)"
+    )
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    return PublicSuffixList()  # the bundled list: never downloaded
 
 
 def _origins(raw: str | None) -> tuple[str, ...]:

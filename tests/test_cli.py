@@ -143,6 +143,16 @@ def test_doctor_reports_and_fails_on_a_broken_setup(tmp_path: Path, redis_url: s
     assert "--check-host" in bad.stderr
 
 
+def test_doctor_fails_on_a_public_suffix_cookie_domain(tmp_path: Path, redis_url: str) -> None:
+    env = clean_env(tmp_path, TTGW_REDIS_URL=redis_url, TTGW_COOKIE_DOMAIN="myshopify.com")
+
+    result = gateway("doctor", env=env)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "TTGW_COOKIE_DOMAIN: 'myshopify.com' is a public suffix" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
     result = gateway("run", env=clean_env(tmp_path, TTGW_PORT="eighty"))
     assert result.returncode == 2

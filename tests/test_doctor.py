@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -177,6 +178,73 @@ async def test_api_url_outside_tiktok_warns(
 
     assert [c.level for c in checks] == [Level.OK, Level.WARN]
     assert problem in checks[1].detail
+
+
+# --- the cookie domain ------------------------------------------------------------------------
+
+
+async def test_a_public_suffix_cookie_domain_fails_naming_the_variable(
+    redis_url: str, make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Settings.from_env refuses it (the CLI then exits 2); doctor judges what it is given as well
+    settings = dataclasses.replace(
+        make_settings(TTGW_REDIS_URL=redis_url, **ORIGINS), cookie_domain="myshopify.com"
+    )
+
+    assert await doctor_command(settings, []) == 1
+
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if line.startswith("fail  cookies")]
+    assert "TTGW_COOKIE_DOMAIN: 'myshopify.com' is a public suffix" in line
+    assert "browsers refuse cookies for it" in line
+
+
+async def test_hosts_outside_the_cookie_domain_warn(
+    redis_url: str, make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[[integrations]]
+name = "shop"
+pixel_code = "{PIXEL}"
+access_token = "{TOKEN}"
+hostnames = ["t.shop.example", "pay.elsewhere.example"]
+"""
+    )
+    settings = make_settings(
+        TTGW_REDIS_URL=redis_url,
+        TTGW_CONFIG=str(config),
+        TTGW_COOKIE_DOMAIN="shop.example",
+        **ORIGINS,
+    )
+    hosts = [(GW, SHOP), ("t.other.example", "www.other.example")]
+
+    checks = by_name(await run_checks(settings, hosts=hosts, resolver=TableResolver({})), "cookies")
+
+    assert [c.level for c in checks] == [Level.WARN, Level.WARN, Level.WARN]
+    assert checks[0].detail.startswith("pay.elsewhere.example is not under TTGW_COOKIE_DOMAIN")
+    assert "host-only" in checks[0].detail
+    assert checks[1].detail.startswith("t.other.example is not under TTGW_COOKIE_DOMAIN")
+    assert checks[2].detail.startswith("storefront www.other.example is not under")
+    covered = await run_checks(settings, hosts=[(GW, SHOP)], resolver=TableResolver({}))
+    assert by_name(covered, "cookies") == [
+        Check("cookies", Level.WARN, checks[0].detail)  # the integration's other host
+    ]
+
+
+async def test_a_cookie_domain_covering_every_host_is_ok(
+    redis_url: str, make_settings: MakeSettings
+) -> None:
+    settings = make_settings(TTGW_REDIS_URL=redis_url, TTGW_COOKIE_DOMAIN="shop.co.uk", **ORIGINS)
+
+    checks = await run_checks(
+        settings, hosts=[("t.shop.co.uk", "shop.co.uk")], resolver=TableResolver({})
+    )
+
+    assert by_name(checks, "cookies") == [
+        Check("cookies", Level.OK, "cookies for shop.co.uk (not a public suffix)")
+    ]
 
 
 # --- Redis ------------------------------------------------------------------------------------

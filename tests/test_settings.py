@@ -132,6 +132,13 @@ def test_bootstrap_integration(make_settings: MakeSettings) -> None:
         ({"TTGW_SECRET_KEY": "x" * 31}, "TTGW_SECRET_KEY"),
         ({"TTGW_COOKIE_DOMAIN": "bad_domain!.com"}, "TTGW_COOKIE_DOMAIN"),
         ({"TTGW_COOKIE_DOMAIN": "com"}, "TTGW_COOKIE_DOMAIN"),
+        # public suffixes, ICANN and private: browsers drop every cookie set for one
+        ({"TTGW_COOKIE_DOMAIN": "co.uk"}, "TTGW_COOKIE_DOMAIN"),
+        ({"TTGW_COOKIE_DOMAIN": "myshopify.com"}, "TTGW_COOKIE_DOMAIN"),
+        ({"TTGW_COOKIE_DOMAIN": "github.io"}, "TTGW_COOKIE_DOMAIN"),
+        ({"TTGW_COOKIE_DOMAIN": "herokuapp.com"}, "TTGW_COOKIE_DOMAIN"),
+        ({"TTGW_COOKIE_DOMAIN": "com.au"}, "TTGW_COOKIE_DOMAIN"),
+        ({"TTGW_COOKIE_DOMAIN": "203.0.113.9"}, "TTGW_COOKIE_DOMAIN"),
         ({"TTGW_ALLOWED_ORIGINS": "*"}, "TTGW_ALLOWED_ORIGINS"),
         ({"TTGW_ALLOWED_ORIGINS": "shop.example"}, "TTGW_ALLOWED_ORIGINS"),
         ({"TTGW_ALLOWED_ORIGINS": "https://shop.example/path"}, "TTGW_ALLOWED_ORIGINS"),
@@ -152,6 +159,41 @@ def test_bad_values_name_the_variable(
         make_settings(**env)
     assert str(caught.value).startswith(f"{variable}: ")
     assert caught.value.variable == variable
+
+
+@pytest.mark.parametrize(
+    ("domain", "why"),
+    [
+        ("myshopify.com", "'myshopify.com' is a public suffix: browsers refuse cookies for it"),
+        (".co.uk", "'co.uk' is a public suffix"),  # the check reads the name without its dot
+        ("GitHub.io", "'github.io' is a public suffix"),
+        ("203.0.113.9", "'203.0.113.9' is an IP address"),
+        ("[2001:db8::1]", "'[2001:db8::1]' is an IP address"),
+    ],
+)
+def test_cookie_domain_is_not_a_public_suffix_or_address(
+    make_settings: MakeSettings, domain: str, why: str
+) -> None:
+    with pytest.raises(SettingsError, match=r"^TTGW_COOKIE_DOMAIN: ") as caught:
+        make_settings(TTGW_COOKIE_DOMAIN=domain)
+    assert why in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("domain", "kept"),
+    [
+        ("shop.example", "shop.example"),
+        ("shop.co.uk", "shop.co.uk"),
+        ("www.shop.co.uk", "www.shop.co.uk"),
+        ("mystore.myshopify.com", "mystore.myshopify.com"),
+        (".shop.com.au", "shop.com.au"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_cookie_domain_accepts_registrable_domains_and_their_subdomains(
+    make_settings: MakeSettings, domain: str, kept: str
+) -> None:
+    assert make_settings(TTGW_COOKIE_DOMAIN=domain).cookie_domain == kept
 
 
 def test_unwritable_data_dir_is_named(tmp_path: Path) -> None:
