@@ -29,7 +29,7 @@ from gateway.integrations import token_hint
 from gateway.receipts import counters, decode_receipt, receipts_for
 from gateway.replay import dead_letters, replay
 from gateway.settings import CONSENT_CATEGORIES, SANDBOX_PIXEL_CODE, Integration, SettingsError
-from gateway.stats import coverage, drop_alerts, flow
+from gateway.stats import coverage, drop_alerts, flow, warnings_by_field
 from gateway.tiktok_spec import canonical_event, event_name_problem
 
 PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
@@ -403,7 +403,8 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """Queue health, flow per minute, paused integrations, match-key coverage and its alerts."""
+    """Queue health, flow per minute, paused integrations, match-key coverage and its alerts,
+    and the fields ingest dropped with a warning in the last 24 hours."""
     redis = request.config_dict[REDIS]
     settings = request.config_dict[SETTINGS]
     pipe = redis.pipeline(transaction=False)
@@ -437,6 +438,7 @@ async def stats(request: web.Request) -> web.Response:
             "paused": [{"pixel": k, **v} for k, v in (await _paused(request)).items()],
             "coverage": report,
             "alerts": drop_alerts(report, settings.coverage_drop_alert),
+            "warnings": await warnings_by_field(redis),
         }
     )
 

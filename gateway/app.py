@@ -39,7 +39,7 @@ from gateway.metrics import metrics_handler
 from gateway.proxy import PREFIX, ProxyConfig, create_proxy_app
 from gateway.queue import IngestQueue
 from gateway.settings import Settings
-from gateway.stats import flow_calls
+from gateway.stats import stats_calls
 from gateway.visitors import VisitorStore
 
 __all__ = ["HTTP", "REDIS", "SETTINGS", "create_app"]
@@ -90,7 +90,7 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     client = make_redis(settings.redis_url, RedisOptions())
     app[REDIS] = client
     # every request's scripts of one loop iteration share a round trip (group commit)
-    app[COALESCER] = coalescer = Coalescer(client, flow_calls)
+    app[COALESCER] = coalescer = Coalescer(client, stats_calls)
     app[INGEST] = IngestQueue(client, coalescer.run)
     app[VISITORS] = VisitorStore(client, coalescer.run)
     app[STORE] = store = IntegrationStore(client, TokenBox(settings.secret_key))

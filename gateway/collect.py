@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from gateway.events import (
     Envelope,
     EventType,
     FieldError,
+    FieldWarning,
     derive_event_id,
     parse_event,
     split_batch,
@@ -40,13 +42,14 @@ from gateway.metrics import (
     CLICKS_CAPTURED,
     EVENTS_INGESTED,
     EVENTS_REJECTED,
+    FIELD_WARNINGS,
     MATCH_KEYS_SEEN,
     event_label,
     field_label,
 )
 from gateway.queue import Outgoing, QueueFull, Status
 from gateway.settings import Integration
-from gateway.stats import present_keys
+from gateway.stats import WARNING_PREFIX, present_keys
 from gateway.visitors import Click, LinkSource, Session, StitchRequest
 
 log = get_logger("gateway.collect")
@@ -82,6 +85,15 @@ class Parsed:
     envelopes: list[tuple[int, Envelope]]
     errors: list[dict[str, Any]]
     hashed: list[HashedUser] = field(default_factory=list)
+    batch: bool = False  # {"events": [...]}: fields are named events[i].…
+
+    def warnings(self, index: int, envelope: Envelope, hashed: HashedUser) -> list[FieldWarning]:
+        """What one event could not use, each named as the answer names fields."""
+        prefix = f"events[{index}]." if self.batch else ""
+        return [
+            FieldWarning(prefix + w.field, w.warning, w.label)
+            for w in (*envelope.warnings, *hashed.warnings)
+        ]
 
 
 async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) -> Any:
@@ -113,7 +125,12 @@ async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) ->
 
 
 def parse_events(
-    body: Any, integration: Integration, names: Any, max_age_s: int, now: float
+    body: Any,
+    integration: Integration,
+    names: Any,
+    max_age_s: int,
+    now: float,
+    default_region: str | None = None,
 ) -> Parsed:
     """Validate each event; a bad one becomes an error entry, the others go on."""
     try:
@@ -121,14 +138,14 @@ def parse_events(
     except FieldError as exc:
         raise Problem(400, exc.error, exc.field) from None
     batch = isinstance(body, dict) and "events" in body
-    parsed = Parsed([], [])
+    parsed = Parsed([], [], batch=batch)
     for index, raw in enumerate(raw_events):
         try:
             parsed.envelopes.append((index, parse_event(raw, names, now=now, max_age_s=max_age_s)))
         except FieldError as exc:
             prefix = f"events[{index}]." if batch else ""
             parsed.errors.append({"index": index, "error": exc.error, "field": prefix + exc.field})
-    region = integration.default_phone_region
+    region = integration.default_phone_region or default_region
     parsed.hashed = [hash_user(envelope, region) for _, envelope in parsed.envelopes]
     return parsed
 
@@ -153,11 +170,14 @@ async def _queue(
     built: list[dict[str, Any]] = []
     answers: list[dict[str, Any]] = []
     tracked: list[dict[str, Any]] = []
+    warned: Counter[str] = Counter()
     for (index, envelope), hashed, session in zip(
         parsed.envelopes, parsed.hashed, sessions, strict=True
     ):
+        notes = parsed.warnings(index, envelope, hashed)
+        said = _said(notes, warned, origin.source)
         if envelope.type is EventType.IDENTIFY:
-            answers.append({"index": index, "status": "identified"})
+            answers.append({"index": index, "status": "identified", **said})
             continue
         assert envelope.event is not None
         decision = decide(envelope.consent, integration.required_consent, envelope.limited_data_use)
@@ -174,7 +194,7 @@ async def _queue(
                 suppressed=decision.reason if not decision.send else None,
             )
         )
-        entry = {"index": index, "event": envelope.event, "event_id": event_id}
+        entry = {"index": index, "event": envelope.event, "event_id": event_id, **said}
         answers.append(entry)
         tracked.append(entry)
     if outgoing:
@@ -196,8 +216,20 @@ async def _queue(
                     MATCH_KEYS_SEEN.labels(label, key).inc()
         # written with the next round trip; a chart may miss a count, never an event
         request.app[COALESCER].count({"accepted": sum(1 for s in statuses if s is Status.QUEUED)})
+    if warned:
+        request.app[COALESCER].count({WARNING_PREFIX + label: n for label, n in warned.items()})
     answers.sort(key=lambda a: int(a["index"]))
     return answers
+
+
+def _said(notes: list[FieldWarning], warned: Counter[str], source: str) -> dict[str, Any]:
+    """The answer's ``warnings`` of one event (nothing when it has none), counted by field."""
+    if not notes:
+        return {}
+    for note in notes:
+        warned[note.label] += 1
+        FIELD_WARNINGS.labels(note.label, source).inc()
+    return {"warnings": [{"field": n.field, "warning": n.warning} for n in notes]}
 
 
 def _answer(answers: list[dict[str, Any]], errors: list[dict[str, Any]]) -> web.Response:
@@ -234,7 +266,8 @@ async def collect_browser(request: web.Request) -> web.Response:
         integration = _integration(request)
         body = await read_json(request, keys.COLLECT_BODY_MAX_BYTES, BROWSER_TYPES)
         names = app[INTEGRATIONS].names(integration)
-        parsed = parse_events(body, integration, names, settings.event_max_age_s, now)
+        parsed = parse_events(body, integration, names, settings.event_max_age_s, now,
+                              settings.default_phone_region)  # fmt: skip
         _count_rejections(parsed.errors, "browser")
         session, click = await _browser_session(request, integration, browser, parsed, now_ms)
         origin = Origin(
@@ -323,7 +356,8 @@ async def collect_server(request: web.Request) -> web.Response:
         integration = _integration(request)
         body = await read_json(request, keys.TRACK_BODY_MAX_BYTES, SERVER_TYPES)
         parsed = parse_events(body, integration, app[INTEGRATIONS].names(integration),
-                              settings.event_max_age_s, now)  # fmt: skip
+                              settings.event_max_age_s, now,
+                              settings.default_phone_region)  # fmt: skip
         _count_rejections(parsed.errors, "server")
         stitches = []
         for (_, envelope), hashed in zip(parsed.envelopes, parsed.hashed, strict=True):

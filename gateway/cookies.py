@@ -167,27 +167,76 @@ def mint_ttp(now_ms: int) -> str:
     return "".join(reversed(chars)) + _TTP_SUFFIX
 
 
+# What page script, templates and ad platforms put where an id was meant to be: never an id.
+JUNK_VALUES = frozenset(
+    {"undefined", "null", "none", "nil", "nan", "true", "false", "0", "1", "-1", "unknown",
+     "(not set)", "not set", "(none)", "n/a", "na", "test", "ttclid", "clickid", "click_id",
+     "ttp", "_ttp", "[object object]", "object"}
+)  # fmt: skip
+# an unexpanded macro: TikTok's __CLICKID__, {{…}} and ${…} of templates, [..] of some platforms
+_MACRO_RE = re.compile(r".*(__[A-Za-z_]+__|\{\{|\}\}|\$\{|%7B|%7D|\[|\]).*", re.DOTALL)
+# A real click id is ``E.C.P.`` and a long base64url blob (325 characters seen); anything this
+# short is a placeholder or a test value, never a click TikTok issued.
+TTCLID_MIN_CHARS = 16  # without TikTok's prefix; with it, whatever follows
+TTCLID_PREFIX = "E.C.P."
+
+
+def junk_reason(value: str) -> str | None:
+    """Why ``value`` is a placeholder rather than an id (``"undefined"``, an unexpanded macro…)."""
+    if value.strip().casefold() in JUNK_VALUES:
+        return f"{value[:40]!r} is a placeholder, not an id"
+    if _MACRO_RE.fullmatch(value):
+        return f"{value[:40]!r} is an unexpanded macro, not an id"
+    return None
+
+
 def read_ttp(value: str | None) -> str | None:
     """``value`` when it looks like a ``_ttp`` (1-128 of ``[A-Za-z0-9._-]``), else ``None``.
 
     TikTok's format has changed several times (27-char base62 or base64url, with or without
-    ``.tt.1``, ULID forms, a ms suffix), so the value is treated as opaque and only its alphabet and
-    length are checked; it is passed on unchanged.
+    ``.tt.1``, ULID forms, a ms suffix), so the value is treated as opaque and only its alphabet,
+    its length and that it is no placeholder (``undefined``…) are checked; it is passed on
+    unchanged.
     """
-    if isinstance(value, str) and _TTP_RE.fullmatch(value):
-        return value
+    return None if ttp_problem(value) else value
+
+
+def ttp_problem(value: str | None) -> str | None:
+    """Why ``value`` cannot be a ``_ttp``; None when it can."""
+    if not isinstance(value, str) or not value:
+        return "is empty"
+    junk = junk_reason(value)
+    if junk is not None:
+        return junk
+    if not _TTP_RE.fullmatch(value):
+        return "is not a _ttp value (1-128 characters of A-Z a-z 0-9 . _ -)"
     return None
 
 
 def read_ttclid(value: str | None) -> str | None:
-    """``value`` when it is a plausible ``ttclid`` from a landing URL, else ``None``.
+    """``value`` when it can be a ``ttclid``, else ``None``: a value that cannot be a click id
+    (``undefined``, ``null``, ``1``, TikTok's unexpanded ``__CLICKID__`` macro…) is no click,
+    and never replaces one.
 
-    Real click ids are ``E.C.P.`` followed by URL-safe base64, but the prefix is not documented
-    as stable, so only the alphabet (URL-safe base64, ``=``, ``.``) and the length (1-1024) are
+    Real click ids are ``E.C.P.`` followed by URL-safe base64 (reference: M to H), but the prefix is
+    not documented as stable, so it is not required: the alphabet (URL-safe base64, ``=``,
+    ``.``), the length (at most 1024; at least 16 without the prefix) and the placeholders are
     checked.
     """
-    if isinstance(value, str) and _TTCLID_RE.fullmatch(value):
-        return value
+    return None if ttclid_problem(value) else value
+
+
+def ttclid_problem(value: str | None) -> str | None:
+    """Why ``value`` cannot be a click id; None when it can."""
+    if not isinstance(value, str) or not value:
+        return "is empty"
+    junk = junk_reason(value)
+    if junk is not None:
+        return junk
+    if not _TTCLID_RE.fullmatch(value):
+        return "is not a click id (letters, digits, '.', '_', '-', '=')"
+    if len(value) < TTCLID_MIN_CHARS and not value.startswith(TTCLID_PREFIX):
+        return "is too short for a click id (real ones start E.C.P. and run to ~300 characters)"
     return None
 
 

@@ -159,7 +159,18 @@ def check_settings(settings: Settings) -> list[Check]:
             for i in enabled
             if i.test_event_code
         ]
+    without = [i for i in enabled if not i.default_phone_region]
+    if without and not settings.default_phone_region:
+        pixels = ", ".join(i.pixel_code for i in without)
+        checks.append(Check("phones", Level.WARN, f"pixel(s) {pixels}: {_NO_PHONE_REGION}"))
     return checks
+
+
+_NO_PHONE_REGION = (
+    "no default phone region: a phone number written without + and a country code (06 12 34 "
+    "56 78) is dropped unless its event names user.country; set TTGW_DEFAULT_PHONE_REGION (or "
+    "default_phone_region per integration) to your shoppers' country"
+)
 
 
 def check_cookie_domain(settings: Settings, hosts: Sequence[tuple[str, str]] = ()) -> list[Check]:

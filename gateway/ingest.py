@@ -18,7 +18,7 @@ import orjson
 from gateway import identity
 from gateway.consent import ConsentDecision
 from gateway.cookies import read_ttclid, strip_pixel_click_suffix
-from gateway.events import Envelope
+from gateway.events import Envelope, FieldWarning
 from gateway.metrics import IDENTIFIERS_DROPPED
 from gateway.visitors import Click, Session
 
@@ -36,6 +36,7 @@ class HashedUser:
     last_name: str | None = None
     zip_code: str | None = None
     user_id_hash: str | None = None
+    warnings: tuple[FieldWarning, ...] = ()  # identifiers that could not be used
 
     def links(self) -> list[tuple[str, str]]:
         """The (kind, hash) pairs that identify a person across visitors."""
@@ -56,29 +57,48 @@ class Origin:
     click: Click | None = None  # from the signed click cookie (browser)
 
 
-def _hashed_all(values: list[str], hasher: Any, kind: str) -> tuple[str, ...]:
+def _hashed_all(
+    values: list[str], hasher: Any, kind: str, why: str, notes: list[FieldWarning]
+) -> tuple[str, ...]:
     out: list[str] = []
-    for value in values:
+    for i, value in enumerate(values):
         digest = hasher(value)
         if digest is None:
             IDENTIFIERS_DROPPED.labels(kind).inc()
+            where = f"user.{kind}" if len(values) == 1 else f"user.{kind}[{i}]"
+            notes.append(FieldWarning.of(where, f"{why}; dropped", label=f"user.{kind}"))
         elif digest not in out:
             out.append(digest)
     return tuple(out)
 
 
 def hash_user(envelope: Envelope, default_region: str | None) -> HashedUser:
-    """Normalize and hash every identifier of ``envelope``; invalid ones are dropped and counted."""
+    """Normalize and hash every identifier of ``envelope``; invalid ones are dropped, counted
+    and said (``warnings``): never hashed as they are, never stored raw."""
     user = envelope.user
     region = identity.normalize_region(user.country) or default_region
+    notes: list[FieldWarning] = []
     user_id_hash = identity.hash_external_id(envelope.user_id) if envelope.user_id else None
-    external = list(_hashed_all(user.external_ids, identity.hash_external_id, "external_id"))
+    external = list(
+        _hashed_all(user.external_ids, identity.hash_external_id, "external_id", "is empty", notes)
+    )
     if user_id_hash and user_id_hash not in external:
         external.insert(0, user_id_hash)
+    phone_why = (
+        "is not a valid phone number"
+        if region
+        else "is not a valid phone number in international form (+ and country code); set the "
+        "event's user.country or the integration's default_phone_region to read national numbers"
+    )
     return HashedUser(
-        emails=_hashed_all(user.emails, identity.hash_email, "email"),
-        phones=_hashed_all(user.phones, lambda raw: identity.hash_phone(raw, region), "phone"),
+        emails=_hashed_all(
+            user.emails, identity.hash_email, "email", "is not an e-mail address", notes
+        ),
+        phones=_hashed_all(
+            user.phones, lambda raw: identity.hash_phone(raw, region), "phone", phone_why, notes
+        ),
         external_ids=tuple(external),
+        warnings=tuple(notes),
         first_name=identity.hash_name(user.first_name) if user.first_name else None,
         last_name=identity.hash_name(user.last_name) if user.last_name else None,
         zip_code=identity.hash_zip(user.zip_code) if user.zip_code else None,

@@ -126,6 +126,12 @@ def minute_stats_key(minute: int) -> str:
     return f"{PREFIX}:{STATS_TAG}:m:{minute}"
 
 
+def warnings_key(hour: int) -> str:
+    """Fields dropped with a warning at ingest in one hour (Unix hours), field = the field's
+    label (``user.phone``, ``properties.*``: a bounded set)."""
+    return f"{PREFIX}:{STATS_TAG}:warn:{hour}"
+
+
 def coverage_key(hour: int) -> str:
     """Match-key coverage counters of one hour (Unix hours), field ``<event>|<key>``."""
     return f"{PREFIX}:{STATS_TAG}:cov:{hour}"

@@ -30,6 +30,12 @@ EVENTS_INGESTED = Counter(
 EVENTS_REJECTED = Counter(
     "ttgw_events_rejected_total", "Events refused at ingest, by reason", ["reason", "source"]
 )
+FIELD_WARNINGS = Counter(
+    "ttgw_field_warnings_total",
+    "Fields dropped with a warning at ingest (the event kept), by field without list indexes "
+    "(unknown properties as properties.*) and source",
+    ["field", "source"],
+)
 IDENTIFIERS_DROPPED = Counter(
     "ttgw_identifiers_dropped_total",
     "Identifiers that could not be normalized (e.g. invalid phone numbers) and were not sent",

@@ -98,6 +98,7 @@ class Settings:
     config_path: Path | None
     log_level: str
     redis_fsync: str = "everysec"
+    default_phone_region: str | None = None  # for integrations without their own
     purchase_event: str = "Purchase"
     queue_max_events: int = 1_000_000
     event_max_age_s: int = keys.EVENT_MAX_AGE_S
@@ -187,6 +188,7 @@ class Settings:
             log_level=_choice(
                 "TTGW_LOG_LEVEL", (get("TTGW_LOG_LEVEL") or "info").lower(), LOG_LEVELS
             ),
+            default_phone_region=_phone_region(get("TTGW_DEFAULT_PHONE_REGION")),
             redis_fsync=_choice(
                 "TTGW_REDIS_FSYNC", (get("TTGW_REDIS_FSYNC") or "everysec").lower(), REDIS_FSYNC
             ),
@@ -467,6 +469,12 @@ def _networks(variable: str, raw: str) -> tuple[IPNetwork, ...]:
         except ValueError:
             raise SettingsError(variable, f"not an IP address or CIDR: {item!r}") from None
     return tuple(networks)
+
+
+def _phone_region(raw: str | None) -> str | None:
+    from gateway.config_file import _region  # it imports this module
+
+    return _region("TTGW_DEFAULT_PHONE_REGION", raw)
 
 
 def _pixel(variable: str, raw: str) -> str:

@@ -73,6 +73,39 @@ def flow_calls(counts: Mapping[str, int], now: float | None = None) -> list[LuaC
     return [(_INCREMENT, [key], [keys.MINUTE_STATS_TTL_S, *pairs])]
 
 
+WARNING_PREFIX = "warn:"  # a count for :func:`stats_calls` that goes to the warnings hash
+
+
+def stats_calls(counts: Mapping[str, int], now: float | None = None) -> list[LuaCall]:
+    """Flow counters to this minute's hash (:func:`flow_calls`); counts named
+    ``warn:<field>`` to this hour's dropped-field counters (:func:`warnings_by_field`)."""
+    flow_counts = {k: v for k, v in counts.items() if not k.startswith(WARNING_PREFIX)}
+    calls = flow_calls(flow_counts, now)
+    pairs: list[str | int] = []
+    for name, value in counts.items():
+        if value and name.startswith(WARNING_PREFIX):
+            pairs += [name[len(WARNING_PREFIX) :], value]
+    if pairs:
+        key = keys.warnings_key(hour(now))
+        calls.append((_INCREMENT, [key], [keys.COVERAGE_TTL_S, *pairs]))
+    return calls
+
+
+async def warnings_by_field(
+    redis: RedisClient, hours: int = 24, now: float | None = None
+) -> dict[str, int]:
+    """How many times each field was dropped with a warning at ingest in the last ``hours``."""
+    last = hour(now)
+    pipe = redis.pipeline(transaction=False)
+    for h in range(last - hours + 1, last + 1):
+        pipe.hgetall(keys.warnings_key(h))
+    total: Counter[str] = Counter()
+    for raw in await pipe.execute():
+        for field, value in cast("dict[bytes, bytes]", raw).items():
+            total[field.decode()] += int(value)
+    return dict(total.most_common())
+
+
 async def count_coverage(
     redis: RedisClient, events: Iterable[Mapping[str, Any]], now: float | None = None
 ) -> None:

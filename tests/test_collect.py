@@ -96,13 +96,13 @@ async def test_a_batch_keeps_its_good_events(gateway: GatewayFactory, redis: Red
     answer = await response.json()
     assert [(a["index"], a["event"], a["event_id"], a["status"]) for a in answer["accepted"]] == [
         (0, "AddToCart", "a1", "queued"),
+        (2, "ViewContent", "v1", "queued"),  # a field it cannot use is dropped, the event kept
         (3, "Purchase", "ord_77", "queued"),
     ]
-    assert [(e["index"], e["field"]) for e in answer["errors"]] == [
-        (1, "events[1].event"),
-        (2, "events[2].user.ip"),
-    ]
-    assert [e["event_id"] for e in await queued(redis)] == ["a1", "ord_77"]
+    assert [(e["index"], e["field"]) for e in answer["errors"]] == [(1, "events[1].event")]
+    assert [w["field"] for w in answer["accepted"][1]["warnings"]] == ["events[2].user.ip"]
+    assert "warnings" not in answer["accepted"][0]
+    assert [e["event_id"] for e in await queued(redis)] == ["a1", "v1", "ord_77"]
 
 
 async def test_all_bad_is_400_naming_the_field(gateway: GatewayFactory, redis: Redis) -> None:
@@ -449,12 +449,13 @@ async def test_time_is_clamped_and_old_events_refused(
     client = await gateway()
     now = int(time.time())
     events = [
-        track(event_id="future", timestamp=now + 3600),
+        track(event_id="future", timestamp=now + 120),  # a clock a little ahead: clamped
         track(event_id="ms", timestamp=(now - 60) * 1000),
         track(event_id="old", timestamp=now - 8 * 86400),
+        track(event_id="far", timestamp=now + 2 * 86400),  # no clock is that far ahead
     ]
     answer = await (await client.post("/e", json={"events": events})).json()
-    assert [e["field"] for e in answer["errors"]] == ["events[2].timestamp"]
+    assert [e["field"] for e in answer["errors"]] == ["events[2].timestamp", "events[3].timestamp"]
     times = {e["event_id"]: e["data"]["event_time"] for e in await queued(redis)}
     assert now <= times["future"] <= now + 5
     assert times["ms"] == now - 60

@@ -207,10 +207,14 @@ def test_read_ttclid() -> None:
     long_id = "E.C.P." + "A" * 1018
     assert read_ttclid(TTCLID) == TTCLID
     assert read_ttclid("E.C.P.Cq8BKk8Kd==") == "E.C.P.Cq8BKk8Kd=="
-    assert read_ttclid("plainid123") == "plainid123"  # the prefix is not required
+    assert read_ttclid("plainid1234567890") == "plainid1234567890"  # the prefix is not required
     assert read_ttclid(long_id) == long_id
     for bad in [None, "", ".", "--", "a" * 1025, "a b", "a;b", "a,b", "a+b", "a/b", "é", "a\n"]:
         assert read_ttclid(bad) is None, bad
+    # what pages and templates put where a click id was meant to be is no click (issue 13)
+    for junk in ["undefined", "null", "None", "NULL", "1", "0", "true", "__CLICKID__",
+                 "{{ttclid}}", "${ttclid}", "[ttclid]", "%7Bttclid%7D", "plainid123"]:  # fmt: skip
+        assert read_ttclid(junk) is None, junk
 
 
 def test_strip_pixel_click_suffix() -> None:

@@ -69,7 +69,8 @@ async def emulator() -> AsyncIterator[Emulator]:
 @pytest.fixture
 def healthy(emulator: Emulator, redis_url: str, make_settings: MakeSettings) -> Settings:
     return make_settings(
-        **delivery_env(emulator, redis_url, TTGW_TEST_EVENT_CODE=TEST_CODE, **ORIGINS, **SECRETS)
+        **delivery_env(emulator, redis_url, TTGW_TEST_EVENT_CODE=TEST_CODE, **ORIGINS, **SECRETS),
+        TTGW_DEFAULT_PHONE_REGION="FR",
     )
 
 
@@ -143,6 +144,17 @@ async def test_without_test_code_the_token_is_not_checked(
     assert "no test_event_code: token not checked" in token.detail
     assert await doctor_command(settings, []) == 0
     assert_no_secrets(capsys.readouterr().out, settings)
+
+
+async def test_no_default_phone_region_warns(redis_url: str, make_settings: MakeSettings) -> None:
+    without = await run_checks(make_settings(TTGW_REDIS_URL=redis_url))
+    [phones] = by_name(without, "phones")
+    assert phones.level is Level.WARN
+    assert "TTGW_DEFAULT_PHONE_REGION" in phones.detail and "dropped" in phones.detail
+    with_region = await run_checks(
+        make_settings(TTGW_REDIS_URL=redis_url, TTGW_DEFAULT_PHONE_REGION="fr")
+    )
+    assert by_name(with_region, "phones") == []
 
 
 async def test_sandbox_sends_nothing_and_warns_about_missing_origins(

@@ -421,11 +421,38 @@ def test_timestamps_accepted(value: Any, expected: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "value",
-    [NOW + 1, NOW + 86400 * 365, (NOW + 3600) * 1000, "2030-01-01T00:00:00Z", str(int(NOW) + 10)],
+    "value", [NOW + 1, NOW + 299, (NOW + 120) * 1000, str(int(NOW) + 10), (NOW + 60) * 10**6]
 )
-def test_future_timestamps_are_clamped_to_now(value: Any) -> None:
+def test_a_clock_a_few_minutes_ahead_is_clamped_to_now(value: Any) -> None:
     assert ts(value) == int(NOW)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        NOW + 2 * 86400,
+        NOW + 10**9,
+        NOW + 86400 * 365,
+        (NOW + 3600) * 1000,
+        "2030-01-01T00:00:00Z",
+        (NOW + 3600) * 10**9,
+    ],
+)
+def test_far_future_timestamps_are_refused_naming_the_field(value: Any) -> None:
+    """Issue 13: "now + 2 days" and "now + 10^9 s" silently became now; they are refused."""
+    with pytest.raises(FieldError, match="future") as exc:
+        ts(value)
+    assert field_of(exc) == "timestamp"
+
+
+@pytest.mark.parametrize("unit", [1, 1_000, 1_000_000, 1_000_000_000])
+def test_the_unit_is_told_by_magnitude(unit: int) -> None:
+    """Seconds, milliseconds, microseconds and nanoseconds of the same time read the same."""
+    an_hour_ago = int(NOW) - 3600
+    assert ts(an_hour_ago * unit) == an_hour_ago
+    thirty_days_ago = int(NOW) - 30 * 86400  # older than MAX_AGE in any unit: refused
+    with pytest.raises(FieldError, match="old"):
+        ts(thirty_days_ago * unit, max_age_s=7 * 86400)
 
 
 @pytest.mark.parametrize(
@@ -448,7 +475,8 @@ def test_milliseconds_threshold_is_1e11() -> None:
     """Above 1e11 a number is milliseconds (1e11 s is the year 5138; 1e11 ms is 1973)."""
     forever = int(NOW)
     assert parse_timestamp(100_000_000_001, NOW, forever) == 100_000_000
-    assert parse_timestamp(99_999_999_999, NOW, forever) == int(NOW)  # seconds, future: clamped
+    with pytest.raises(FieldError, match="future"):  # seconds, the year 5138: refused
+        parse_timestamp(99_999_999_999, NOW, forever)
 
 
 def test_max_age_is_the_callers() -> None:
@@ -719,9 +747,9 @@ def test_property_field_names_are_prefixed_with_the_callers_name() -> None:
 
 
 def test_properties_error_through_the_envelope() -> None:
-    with pytest.raises(FieldError) as exc:
-        parse({"event": "Purchase", "properties": {"products": [{"id": "a"}, {"price": 3}]}})
-    assert field_of(exc) == "properties.products[1].content_id"
+    envelope = parse({"event": "Purchase", "properties": {"products": [{"id": "a"}, {"price": 3}]}})
+    assert [w.field for w in envelope.warnings] == ["properties.products[1].content_id"]
+    assert [c["content_id"] for c in envelope.properties["contents"]] == ["a"]  # the rest kept
 
 
 @pytest.mark.parametrize("raw", [[], "x", 5, True])
@@ -998,30 +1026,10 @@ def test_user_emails(user: dict[str, Any], emails: list[str]) -> None:
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
-        ({"user": {"email": 5}}, "user.email"),
-        ({"user": {"email": ["a@b.c", 5]}}, "user.email[1]"),
-        ({"user": {"email": ["a@b.c", "  "]}}, "user.email[1]"),
-        ({"user": {"email": [f"{i}@b.c" for i in range(11)]}}, "user.email"),
-        ({"user": {"email": "x" * 321}}, "user.email"),
-        ({"user": {"phone": {"n": 1}}}, "user.phone"),
-        ({"user": {"phone_number": [1]}}, "user.phone[0]"),
-        ({"user": {"external_id": True}}, "user.external_id"),
-        ({"user": {"ttclid": 5}}, "user.ttclid"),
-        ({"user": {"ttp": "t" * 129}}, "user.ttp"),
-        ({"user": {"country": ["FR"]}}, "user.country"),
-        ({"user": {"user_agent": 1}}, "user.user_agent"),
-        ({"user": {"ip": "not-an-ip"}}, "user.ip"),
-        ({"user": {"ip": "300.1.1.1"}}, "user.ip"),
-        ({"user": {"ip": "1.2.3"}}, "user.ip"),
-        ({"user": {"ip": 12345}}, "user.ip"),
         ({"user": "a@b.c"}, "user"),
         ({"user": ["a@b.c"]}, "user"),
         ({"traits": "a@b.c"}, "traits"),
-        ({"traits": {"email": 5}}, "user.email"),
         ({"context": "ctx"}, "context"),
-        ({"context": {"userAgent": 5}}, "context.userAgent"),
-        ({"context": {"locale": ["fr"]}}, "context.locale"),
-        ({"context": {"ip": 5}}, "context.ip"),
         ({"anonymous_id": 5}, "anonymous_id"),
         ({"anonymousId": "a" * 129}, "anonymousId"),
         ({"user_id": True}, "user_id"),
@@ -1032,6 +1040,55 @@ def test_envelope_field_errors(raw: dict[str, Any], field: str) -> None:
     with pytest.raises(FieldError) as exc:
         parse({"event": "Purchase", **raw})
     assert field_of(exc) == field
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"user": {"email": 5}}, "user.email"),
+        ({"user": {"email": ["a@b.c", 5]}}, "user.email[1]"),
+        ({"user": {"email": ["a@b.c", "  "]}}, "user.email[1]"),
+        ({"user": {"email": [f"{i}@b.c" for i in range(11)]}}, "user.email"),
+        ({"user": {"email": "x" * 321}}, "user.email"),
+        ({"user": {"email": ""}}, "user.email"),
+        ({"user": {"phone": {"n": 1}}}, "user.phone"),
+        ({"user": {"phone": "  "}}, "user.phone"),
+        ({"user": {"external_id": True}}, "user.external_id"),
+        ({"user": {"ttclid": 5}}, "user.ttclid"),
+        ({"user": {"ttclid": "undefined"}}, "user.ttclid"),
+        ({"user": {"ttclid": "null"}}, "user.ttclid"),
+        ({"user": {"ttclid": "None"}}, "user.ttclid"),
+        ({"user": {"ttclid": "__CLICKID__"}}, "user.ttclid"),
+        ({"user": {"ttp": "t" * 129}}, "user.ttp"),
+        ({"user": {"ttp": "undefined"}}, "user.ttp"),
+        ({"user": {"country": ["FR"]}}, "user.country"),
+        ({"user": {"user_agent": 1}}, "user.user_agent"),
+        ({"user": {"ip": "not-an-ip"}}, "user.ip"),
+        ({"user": {"ip": "300.1.1.1"}}, "user.ip"),
+        ({"user": {"ip": "1.2.3"}}, "user.ip"),
+        ({"user": {"ip": 12345}}, "user.ip"),
+        ({"user": {"ip": "10.1.2.3"}}, "user.ip"),
+        ({"user": {"ip": "127.0.0.1"}}, "user.ip"),
+        ({"user": {"ip": "::1"}}, "user.ip"),
+        ({"user": {"ip": "::ffff:192.168.1.9"}}, "user.ip"),
+        ({"traits": {"email": 5}}, "user.email"),
+        ({"context": {"userAgent": 5}}, "context.userAgent"),
+        ({"context": {"locale": ["fr"]}}, "context.locale"),
+        ({"context": {"ip": 5}}, "context.ip"),
+        ({"properties": {"value": "abc"}}, "properties.value"),
+        ({"properties": {"currency": "XYZ"}}, "properties.currency"),
+        ({"properties": {"shipping_method": "dhl"}}, "properties.shipping_method"),
+        ({"properties": {"contents": [{"price": 1}]}}, "properties.contents[0].content_id"),
+        ({"page": {"url": "https://s.example/?ttclid=undefined"}}, "page.url.ttclid"),
+    ],
+)
+def test_unusable_fields_are_dropped_with_a_warning_and_the_event_kept(
+    raw: dict[str, Any], field: str
+) -> None:
+    """DESIGN §2: a field that cannot be used is dropped with a warning naming it (issue 13)."""
+    envelope = parse({"event": "Purchase", **raw})
+    assert field in [w.field for w in envelope.warnings], envelope.warnings
+    assert all(w.warning.endswith(("dropped", "ignored", "(no click)")) for w in envelope.warnings)
 
 
 @pytest.mark.parametrize(
@@ -1054,7 +1111,8 @@ def test_user_phones(user: dict[str, Any], phones: list[str]) -> None:
         (" 203.0.113.24 ", "203.0.113.24"),
         ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
         ("2001:0db8:0000::0001", "2001:db8::1"),
-        ("::FFFF:192.0.2.1", "::ffff:c000:201"),
+        ("::FFFF:192.0.2.1", "192.0.2.1"),  # IPv4-mapped (Node's default): unwrapped
+        ("::ffff:203.0.113.9", "203.0.113.9"),
     ],
 )
 def test_ip_is_validated_and_normalized(ip: str, normalized: str) -> None:
@@ -1062,10 +1120,10 @@ def test_ip_is_validated_and_normalized(ip: str, normalized: str) -> None:
     assert parse({"event": "Purchase", "context": {"ip": ip}}).user.ip == normalized
 
 
-def test_invalid_context_ip_is_refused() -> None:
-    with pytest.raises(FieldError) as exc:
-        parse({"event": "Purchase", "context": {"ip": "999.0.0.1"}})
-    assert exc.value.field in ("user.ip", "context.ip")
+def test_invalid_context_ip_is_dropped_with_a_warning() -> None:
+    envelope = parse({"event": "Purchase", "context": {"ip": "999.0.0.1"}})
+    assert envelope.user.ip is None
+    assert [w.field for w in envelope.warnings] == ["context.ip"]
 
 
 def test_segment_context_and_traits_are_read() -> None:
@@ -1246,10 +1304,10 @@ def test_any_referrer_text_is_kept(referrer: str) -> None:
 
 
 @pytest.mark.parametrize("referrer", [5, ["https://store.example/"], "   ", "x" * 5000])
-def test_bad_referrers_are_refused(referrer: Any) -> None:
-    with pytest.raises(FieldError) as exc:
-        parse({"event": "Purchase", "page": {"referrer": referrer}})
-    assert field_of(exc) == "page.referrer"
+def test_bad_referrers_are_dropped_with_a_warning(referrer: Any) -> None:
+    envelope = parse({"event": "Purchase", "page": {"referrer": referrer}})
+    assert envelope.page_referrer is None
+    assert [w.field for w in envelope.warnings] == ["page.referrer"]
 
 
 @pytest.mark.parametrize("url", ["http://[", "https://[::1/p", "https://]x/", "http://[abc]/"])

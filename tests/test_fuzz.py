@@ -318,8 +318,10 @@ async def test_bug_g_a_huge_count_is_a_field_error_not_a_500(
     client = await gateway()
     batch = {"events": [track(event_id="g1"), track(event_id="g2", properties=properties)]}
     response = await client.post("/v1/track", json=batch, headers=bearer(WRITE_KEY))
-    assert response.status == 202  # the bad event is refused, the good one kept
-    assert [e["event_id"] for e in await queued(redis)] == ["g1"]
+    assert response.status == 202  # the bad field is dropped with a warning, both events kept
+    assert [e["event_id"] for e in await queued(redis)] == ["g1", "g2"]
+    (_, second) = (await response.json())["accepted"]
+    assert second["warnings"] and "at most" in second["warnings"][0]["warning"]
 
 
 @pytest.mark.parametrize("url", ["http://[::1]@/p", "https://[x]@"])

@@ -96,28 +96,37 @@ async def test_custom_event_names_share_one_label(client: Client) -> None:
 
 async def test_refused_fields_are_counted_without_their_indexes(client: Client) -> None:
     size_before, before = await scrape(client)
-    # each event's bad id is at another index of content_ids, or of contents
+    # each event's bad id is at another index of content_ids, or of contents: dropped with a
+    # warning (the event kept), counted by the field without its index
     events = [track(event_id=f"r{i}", properties={"content_ids": ["s"] * i + [True]})
               for i in range(REFUSED)]  # fmt: skip
     events += [track(event_id=f"e{i}", properties={"contents": [{"content_id": "a"}] * i + [{}]})
                for i in range(REFUSED // 10)]  # fmt: skip
+    # and events refused outright, each at another index of the batch
+    events += [track(event_id=f"t{i}", timestamp="yesterday") for i in range(REFUSED // 10)]
     answer = await post_track(client, events)
-    assert answer["accepted"] == []
-    assert answer["errors"][0]["field"] == "events[0].properties.content_ids[0]"
-    assert answer["errors"][-1]["field"] == (
-        f"events[{len(events) - 1}].properties.contents[{REFUSED // 10 - 1}].content_id"
+    assert len(answer["accepted"]) == REFUSED + REFUSED // 10
+    assert answer["accepted"][0]["warnings"][0]["field"] == "events[0].properties.content_ids[0]"
+    assert answer["accepted"][-1]["warnings"][0]["field"] == (
+        f"events[{REFUSED + REFUSED // 10 - 1}].properties.contents[{REFUSED // 10 - 1}].content_id"
     )
+    assert answer["errors"][-1]["field"] == f"events[{len(events) - 1}].timestamp"
 
     size_after, after = await scrape(client)
-    grown = {
-        dict(key)["reason"]: value - before.get("ttgw_events_rejected_total", {}).get(key, 0)
-        for key, value in after["ttgw_events_rejected_total"].items()
-        if dict(key)["source"] == "server"
+
+    def grown(metric: str, label: str) -> dict[str, float]:
+        counts = {
+            dict(key)[label]: value - before.get(metric, {}).get(key, 0)
+            for key, value in after[metric].items()
+            if dict(key)["source"] == "server"
+        }
+        return {name: n for name, n in counts.items() if n}
+
+    assert grown("ttgw_field_warnings_total", "field") == {
+        "properties.content_ids": REFUSED,
+        "properties.contents.content_id": REFUSED // 10,
     }
-    assert {reason: n for reason, n in grown.items() if n} == {
-        "content_ids": REFUSED,
-        "content_id": REFUSED // 10,
-    }
+    assert grown("ttgw_events_rejected_total", "reason") == {"timestamp": REFUSED // 10}
     assert size_after - size_before < SCRAPE_GROWTH_MAX_BYTES
 
 

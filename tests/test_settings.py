@@ -146,6 +146,7 @@ def test_bootstrap_integration(make_settings: MakeSettings) -> None:
         ({"TTGW_CONFIG": "/nonexistent/gateway.toml"}, "TTGW_CONFIG"),
         ({"TTGW_LOG_LEVEL": "chatty"}, "TTGW_LOG_LEVEL"),
         ({"TTGW_REDIS_FSYNC": "no"}, "TTGW_REDIS_FSYNC"),
+        ({"TTGW_DEFAULT_PHONE_REGION": "XX"}, "TTGW_DEFAULT_PHONE_REGION"),
         ({"TTGW_PIXEL_ORIGIN": "https://analytics.tiktok.com/path"}, "TTGW_PIXEL_ORIGIN"),
         ({"TTGW_PIXEL_ORIGIN": "ftp://x"}, "TTGW_PIXEL_ORIGIN"),
         # the receipt is the 48 h idempotency marker: it cannot be kept for less
