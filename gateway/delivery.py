@@ -81,9 +81,22 @@ REDIS_BACKOFF_FIRST_S = 0.1  # the first wait after Redis went away, doubling wi
 REDIS_BACKOFF_CAP_S = 5.0
 SETTLE_BACKOFF_CAP_S = 1.0  # a settle TikTok's answer decided is tried again sooner
 LANE_BLOCKED_S = 1.0  # a lane whose limiter grants nothing for longer is waiting, not moving
+LANE_SLOW_HOLD_S = 10.0  # and stays "slow" this long after such a wait (no flapping)
+PARKED_READ_COUNT = 5000  # entries a read takes while a slow lane parks most of them
 WORKER_RESTART_CAP_S = 30.0
 
 _shapes: dict[tuple[str, tuple[str, ...]], Mapping[str, Any]] = {}
+# settles of requests TikTok accepted, kept from garbage collection and from cancellation
+_committing: set[asyncio.Future[None]] = set()
+_settling: set[str] = set()  # their stream ids: no worker of this process may pick them up again
+
+
+async def finish_settles(timeout_s: float) -> int:
+    """Wait up to ``timeout_s`` for settles of accepted requests still waiting for Redis; how
+    many are still waiting then (their events will be sent again once reclaimed)."""
+    if _committing:
+        await asyncio.wait(set(_committing), timeout=timeout_s)
+    return len(_committing)
 
 
 def coverage_shape(event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -179,12 +192,25 @@ class Pauses:
 @dataclass(slots=True)
 class Lane:
     """One pixel's batches in this worker: its own runners, so one pixel's trouble (a throttled
-    limiter) never holds another pixel's events or the worker's send slots."""
+    limiter) never holds another pixel's events or the worker's send slots.
+
+    A slow lane (its limiter made it wait over ``LANE_BLOCKED_S`` in the last
+    ``LANE_SLOW_HOLD_S``) holds at most ``Worker._lane_max`` entries; what it reads beyond that is
+    *parked*: only the stream id is kept here, the entry stays pending in the consumer group
+    (kept fresh by the heartbeat, so nobody reclaims it) and is claimed back with its data when
+    the lane has room. The stream behind it, other pixels' events included, is read on.
+    """
 
     batches: deque[list[Entry]] = field(default_factory=deque)
-    held: int = 0  # entries waiting or in flight
+    parked: deque[str] = field(default_factory=deque)
+    held: int = 0  # entries waiting or in flight (parked ones not counted)
     runners: int = 0
-    limited_until: float = 0.0  # monotonic time before which the limiter grants no request
+    slow_until: float = 0.0  # monotonic time until which the lane counts as slow
+
+    @property
+    def slow(self) -> bool:
+        """The pixel's limiter keeps this lane waiting."""
+        return self.slow_until > time.monotonic()
 
 
 class Worker:
@@ -230,7 +256,7 @@ class Worker:
 
     @property
     def _lane_max(self) -> int:
-        """Entries a lane blocked by its limiter holds; more are deferred to the retry set."""
+        """Entries a slow lane holds; what it reads beyond that is parked (see :class:`Lane`)."""
         return self.settings.delivery_concurrency * self.settings.batch_max_events
 
     # --- the loops ------------------------------------------------------------------------
@@ -258,7 +284,7 @@ class Worker:
                         self._recover = False
                         await self._recover_own()
                     entries = await self.outbox.read(
-                        self.consumer, keys.DELIVERY_READ_COUNT, keys.DELIVERY_BLOCK_MS
+                        self.consumer, self._read_count(), keys.DELIVERY_BLOCK_MS
                     )
                     await self._dispatch(entries)
                 except Exception as exc:
@@ -296,6 +322,7 @@ class Worker:
                     )
                 if error is not None:
                     self._recover = True  # replies may have been lost with the connection
+                    self._unpark_all()
                 return True
             if attempts == 0 or attempts % 10 == 0:
                 log.warning(
@@ -310,6 +337,14 @@ class Worker:
             delay_s = min(delay_s * 2, REDIS_BACKOFF_CAP_S)
         return False
 
+    def _unpark_all(self) -> None:
+        """After an outage, forget parked ids: any still ours come back from our own pending
+        entries (:meth:`_recover_own`); one another worker reclaimed meanwhile is not claimed
+        back from it."""
+        for lane in self._lanes.values():
+            self._inflight.difference_update(lane.parked)
+            lane.parked.clear()
+
     async def _recover_own(self) -> None:
         """Deliver entries read by this consumer and not settled (their replies or their
         settles were lost with Redis): a failover or restart does not wait the reclaim time."""
@@ -319,20 +354,26 @@ class Worker:
             entries, after = await self.outbox.own_pending(
                 self.consumer, after, keys.DELIVERY_READ_COUNT
             )
-            fresh = [e for e in entries if e.stream_id not in self._inflight]
+            fresh = [e for e in entries if self._new(e)]
             recovered += len(fresh)
             await self._dispatch(fresh)
             await self._wait_for_room()
         if recovered:
             log.info("recovered", consumer=self.consumer, events=recovered)
 
+    def _new(self, entry: Entry) -> bool:
+        """Not already in hand here: not in flight, parked, or being settled."""
+        return entry.stream_id not in self._inflight and entry.stream_id not in _settling
+
     def _busy(self) -> int:
         """Entries held by lanes that are moving: a lane waiting on its limiter does not count."""
-        now = time.monotonic()
-        blocked = sum(
-            lane.held for lane in self._lanes.values() if lane.limited_until > now + LANE_BLOCKED_S
-        )
-        return self._held - blocked
+        return self._held - sum(lane.held for lane in self._lanes.values() if lane.slow)
+
+    def _read_count(self) -> int:
+        """Bigger reads while a slow lane parks most of what is read."""
+        if any(lane.slow for lane in self._lanes.values()):
+            return PARKED_READ_COUNT
+        return keys.DELIVERY_READ_COUNT
 
     async def _wait_for_room(self) -> None:
         while self._busy() >= self._read_ahead and not self._stopping:
@@ -341,7 +382,8 @@ class Worker:
                 await asyncio.wait_for(self._space.wait(), keys.DELIVERY_BLOCK_MS / 1000)
 
     async def _finish(self) -> None:
-        """Give in-flight requests ``SHUTDOWN_GRACE_S``; cancelled ones put their events back."""
+        """Give in-flight requests ``SHUTDOWN_GRACE_S``; cancelled ones put their events back
+        (not those TikTok accepted: their settles go on, see :data:`_committing`)."""
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=keys.SHUTDOWN_GRACE_S)
             for task in pending:
@@ -386,7 +428,7 @@ class Worker:
             claimed, start = await self.outbox.reclaim_page(
                 self.consumer, idle_ms, start, keys.DELIVERY_READ_COUNT
             )
-            entries = [e for e in claimed if e.stream_id not in self._inflight]
+            entries = [e for e in claimed if self._new(e)]
             total += len(entries)
             await self._dispatch(entries)
             if start == "0-0":
@@ -398,25 +440,17 @@ class Worker:
     async def _dispatch(self, entries: Sequence[Entry]) -> None:
         by_pixel: dict[str, list[Entry]] = {}
         for entry in entries:
+            self._inflight.add(entry.stream_id)
             by_pixel.setdefault(entry.pixel, []).append(entry)
         for pixel, group in by_pixel.items():
             lane = self._lanes.get(pixel)
             if lane is None:
                 lane = self._lanes[pixel] = Lane()
-            wait_s = lane.limited_until - time.monotonic()
-            if wait_s > LANE_BLOCKED_S and lane.held + len(group) > self._lane_max:
+            if lane.slow and lane.held + len(group) > self._lane_max:
                 keep = max(self._lane_max - lane.held, 0)
-                await self._defer(pixel, group[keep:], wait_s)
+                lane.parked.extend(e.stream_id for e in group[keep:])
                 group = group[:keep]
-            if not group:
-                continue
-            for entry in group:
-                self._inflight.add(entry.stream_id)
-            sizes = [len(e.data) for e in group]
-            for part in chunks(sizes, max_events=self.settings.batch_max_events):
-                lane.batches.append(group[part.start : part.stop])
-            lane.held += len(group)
-            self._held += len(group)
+            self._hold(lane, group)
             while lane.runners < self.settings.delivery_concurrency and lane.runners < len(
                 lane.batches
             ):
@@ -425,27 +459,41 @@ class Worker:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _defer(self, pixel: str, entries: Sequence[Entry], wait_s: float) -> None:
-        """A pixel whose limiter makes it wait holds no more than ``_lane_max`` entries here: the
-        rest go to the retry set, due when its limiter could take them (no attempt counted), so
-        the stream behind them, other pixels' events included, is read on."""
+    def _hold(self, lane: Lane, entries: Sequence[Entry]) -> None:
         if not entries:
             return
-        now_ms = int(time.time() * 1000)
-        per_request_s = max(wait_s, 0.05)
-        outcome = Outcome(message="waiting for the pixel's rate limit (TikTok throttles it)")
-        calls = []
-        for i, entry in enumerate(entries):
-            ahead = (i // self.settings.batch_max_events) + 1
-            due_ms = now_ms + int((wait_s + ahead * per_request_s) * 1000)
-            calls.append(self.outbox.retry(entry, due_ms, outcome, now_ms, count=False))
-        await self.outbox.settle(calls)
-        DELIVERY_OUTCOMES.labels("deferred").inc(len(entries))
-        log.info("deferred", pixel=pixel, events=len(entries), wait_s=round(wait_s, 1))
+        sizes = [len(e.data) for e in entries]
+        for part in chunks(sizes, max_events=self.settings.batch_max_events):
+            lane.batches.append(list(entries[part.start : part.stop]))
+        lane.held += len(entries)
+        self._held += len(entries)
+
+    async def _unpark(self, lane: Lane) -> None:
+        """Claim parked entries back, with their data, as far as the lane has room."""
+        room = max(self._lane_max - lane.held, self.settings.batch_max_events)
+        ids = [lane.parked.popleft() for _ in range(min(room, len(lane.parked)))]
+        try:
+            entries = await self.outbox.claim(self.consumer, ids)
+        except Exception:
+            lane.parked.extendleft(reversed(ids))  # still pending here: another try later
+            raise
+        found = {e.stream_id for e in entries}
+        self._inflight.difference_update(i for i in ids if i not in found)  # settled meanwhile
+        self._hold(lane, entries)
 
     async def _run_lane(self, pixel: str, lane: Lane) -> None:
         try:
-            while lane.batches:
+            while lane.batches or lane.parked:
+                if not lane.batches:
+                    try:
+                        await self._unpark(lane)
+                    except Exception as exc:
+                        if not is_outage(exc):
+                            raise
+                        self._recover = True
+                        log.warning("unpark_waiting_for_redis", pixel=pixel, error=repr(exc))
+                        return
+                    continue
                 batch = lane.batches.popleft()
                 try:
                     await self._deliver(pixel, batch, lane)
@@ -455,7 +503,8 @@ class Worker:
                     self._space.set()
         finally:
             lane.runners -= 1
-            if lane.runners == 0 and not lane.batches and self._lanes.get(pixel) is lane:
+            idle = lane.runners == 0 and not lane.batches and not lane.parked
+            if idle and self._lanes.get(pixel) is lane:
                 del self._lanes[pixel]
 
     async def drain(self, timeout_s: float = 30.0) -> None:
@@ -642,11 +691,26 @@ class Worker:
         verdict = answer.verdict
         calls: list[LuaCall] = []
         if verdict is Verdict.DELIVERED:
-            # written first: TikTok has these events, nothing may send them again
-            await self._commit(
-                [self.outbox.delivered(entries, outcome, now_ms, sent.body, sent.data_at)]
-            )
+            # written first: TikTok has these events, nothing may send them again. Shielded: a
+            # stop or a restart of this worker cancels its tasks, and a cancelled settle would
+            # hand the events back to be sent again; this one goes on until Redis takes it.
+            # Marked settled first, so a cancel here does not hand them back either.
             settled.update(e.stream_id for e in entries)
+            ids = [e.stream_id for e in entries]
+            _settling.update(ids)
+            commit = asyncio.ensure_future(
+                self._commit(
+                    [self.outbox.delivered(entries, outcome, now_ms, sent.body, sent.data_at)]
+                )
+            )
+            _committing.add(commit)
+
+            def done(task: asyncio.Future[None]) -> None:
+                _committing.discard(task)
+                _settling.difference_update(ids)
+
+            commit.add_done_callback(done)
+            await asyncio.shield(commit)
             DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
             await self._after_success(pixel, probing=probing)
             await self._chart(verdict, entries, [])
@@ -693,15 +757,15 @@ class Worker:
         await self._chart(verdict, entries, calls)
 
     async def _acquire(self, pixel: str, lane: Lane | None) -> float:
-        """Wait for the pixel's limiter; the lane knows how long, so its backlog can be deferred
+        """Wait for the pixel's limiter; a long wait makes the lane slow, so its backlog is parked
         rather than hold the stream. Seconds waited."""
         started = time.monotonic()
         while True:
             wait_s = await self.limiter.reserve(pixel)
             if wait_s == 0.0:
                 return time.monotonic() - started
-            if lane is not None:
-                lane.limited_until = max(lane.limited_until, time.monotonic() + wait_s)
+            if lane is not None and wait_s > LANE_BLOCKED_S:
+                lane.slow_until = time.monotonic() + wait_s + LANE_SLOW_HOLD_S
             await asyncio.sleep(wait_s)  # Redis's clock decides; ours only paces the next try
 
     async def _after_success(self, pixel: str, *, probing: bool) -> None:
@@ -818,6 +882,9 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
         await supervise(
             lambda: Worker(redis, settings, routes, RateLimiter(redis, limit), consumer=name), stop
         )
+        left = await finish_settles(keys.SHUTDOWN_GRACE_S)
+        if left:
+            log.error("settles_abandoned", requests=left, reason="Redis still away at stop")
     finally:
         refresher.cancel()
         await asyncio.gather(refresher, return_exceptions=True)

@@ -286,6 +286,17 @@ class Outbox:
         cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         return await self._usable(reply[1]), cursor
 
+    async def claim(self, consumer: str, stream_ids: Sequence[str]) -> list[Entry]:
+        """Entries pending for ``consumer`` by id, with their data (parked ones taken back)."""
+        entries: list[Entry] = []
+        for start in range(0, len(stream_ids), 1000):
+            reply = await self.redis.xclaim(
+                keys.EVENTS_STREAM, keys.DELIVERY_GROUP, consumer, 0,
+                list(stream_ids[start : start + 1000]),
+            )  # fmt: skip
+            entries.extend(await self._usable([item for item in reply if item]))
+        return entries
+
     async def own_pending(
         self, consumer: str, after: str, count: int
     ) -> tuple[list[Entry], str | None]:

@@ -467,7 +467,10 @@ def test_any_single_character_change_breaks_the_visitor_signature(
 
 
 @given(
-    st.text(alphabet=B64URL + ".=", min_size=1, max_size=200).filter(lambda s: read_ttclid(s)),
+    # real click ids: TikTok's prefix and a base64url blob (a placeholder is no click id)
+    st.text(alphabet=B64URL + ".=", min_size=1, max_size=200)
+    .map(lambda s: "E.C.P." + s)
+    .filter(lambda s: read_ttclid(s)),
     st.integers(0, 10**16 - 1),
 )
 def test_click_round_trips(ttclid: str, click_ms: int) -> None:

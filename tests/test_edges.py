@@ -108,7 +108,9 @@ async def test_a_backends_junk_ttclid_and_ttp_give_way_to_the_stored_ones(
 async def test_a_stale_order_in_any_unit_is_refused(gateway: GatewayFactory, unit: int) -> None:
     client = await gateway()
     thirty_days_ago = int(time.time()) - 30 * 86400
-    answer = await server(client, track("Purchase", event_id="old", timestamp=thirty_days_ago * unit))
+    answer = await server(
+        client, track("Purchase", event_id="old", timestamp=thirty_days_ago * unit)
+    )
     assert answer["status"] == 400
     assert answer["field"] == "timestamp" and "old" in answer["error"]
 
@@ -212,7 +214,9 @@ async def test_a_default_phone_region_reads_national_numbers(
     gateway: GatewayFactory, redis: Redis
 ) -> None:
     client = await gateway(TTGW_DEFAULT_PHONE_REGION="FR")
-    answer = await server(client, track("Purchase", event_id="fr", user={"phone": "06 12 34 56 78"}))
+    answer = await server(
+        client, track("Purchase", event_id="fr", user={"phone": "06 12 34 56 78"})
+    )
     assert "warnings" not in answer["accepted"][0]
     (entry,) = await queued(redis)
     assert entry["data"]["user"]["phone"]
