@@ -150,6 +150,19 @@ def _banner(settings: Settings, port: int, *, worker: bool) -> None:
         f"  collector:   {base}/c.js",
         f"  dashboard:   {base}/dashboard",
     ]
+    # A storefront on its own origin meets a 403 on /e first of all: say so up front.
+    origins = ", ".join(settings.allowed_origins)
+    if origins:
+        lines.append(
+            f"  origins:     same-origin pages and {origins} (TTGW_ALLOWED_ORIGINS; add a "
+            "storefront to that comma list)"
+        )
+    else:
+        lines.append(
+            "  origins:     same-origin pages only (TTGW_ALLOWED_ORIGINS is empty): a storefront "
+            "on another origin gets 403 on /e until it is listed, e.g. "
+            "TTGW_ALLOWED_ORIGINS=https://www.shop.example"
+        )
     # A secret is printed only by the start that generated it: logs outlive it (docker logs,
     # journald), and one the operator supplied is theirs to keep.
     kept = settings.secrets_file

@@ -26,7 +26,7 @@ from gateway.appkeys import COALESCER, INGEST, INTEGRATIONS, SETTINGS, SIGNER, V
 from gateway.browser import BrowserRequest, read_browser, set_cookie_headers
 from gateway.connections import REDIS_ERRORS
 from gateway.consent import decide
-from gateway.cors import allowed_origin, cors_headers, preflight
+from gateway.cors import allowed_origin, cors_headers, preflight, refuse
 from gateway.events import (
     Envelope,
     EventType,
@@ -260,7 +260,7 @@ async def collect_browser(request: web.Request) -> web.Response:
     browser = read_browser(request, settings, signer, now_ms)
     origin_header = request.headers.get("Origin")
     if not allowed_origin(origin_header, settings.allowed_origins, browser.origin):
-        return Problem(403, "origin not allowed", "Origin").response({"Vary": "Origin"})
+        return refuse(origin_header, settings.allowed_origins, browser.origin, "POST /e")
     headers = cors_headers(origin_header)
     try:
         integration = _integration(request)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +285,55 @@ def test_secrets_are_printed_only_by_the_start_that_generated_them(
         output = given.output()
         assert [s for s in supplied.values() if s in output] == [], command
         assert "generated" not in output
+
+
+def post_event(port: int, origin: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/e",
+        data=orjson.dumps({"type": "track", "event": "ViewContent", "event_id": "o-1"}),
+        headers={"Content-Type": "text/plain", "Origin": origin},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_banner_says_which_origins_are_accepted_and_a_refusal_says_why(
+    tmp_path: Path, running: list[Running], redis_url: str
+) -> None:
+    """The README's first run, then a storefront on its own origin: both say what to set."""
+    shop = "https://www.shop.example"
+    env = clean_env(tmp_path, TTGW_REDIS_URL=redis_url)
+    first = Running(env, command="serve")
+    running.append(first)
+    port = int(first.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+    first.wait_for(
+        r"origins: +same-origin pages only \(TTGW_ALLOWED_ORIGINS is empty\).*403 on /e.*"
+        r"TTGW_ALLOWED_ORIGINS=https://www\.shop\.example"
+    )
+    for _ in range(5):
+        assert post_event(port, shop) == 403
+    line = orjson.loads(first.wait_for(r'^\{.*"event":"origin_refused".*\}$').group(0))
+    assert line["origin"] == shop
+    assert line["level"] == "warning"
+    assert "TTGW_ALLOWED_ORIGINS (empty)" in line["reason"]
+    assert line["allow_with"] == f"TTGW_ALLOWED_ORIGINS={shop}"
+    first.wait_for(r'^(?=.*"event":"request")(?=.*"status":403)')  # the request's own line stays
+    assert first.stop() == 0
+    refusals = [s for s in first.output().splitlines() if '"origin_refused"' in s]
+    assert len(refusals) == 1, refusals  # five refusals in a minute: one line
+
+    second = Running({**env, "TTGW_ALLOWED_ORIGINS": shop}, command="serve")
+    running.append(second)
+    port = int(second.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+    second.wait_for(
+        r"origins: +same-origin pages and https://www\.shop\.example \(TTGW_ALLOWED_ORIGINS; "
+        r"add a storefront to that comma list\)"
+    )
+    assert post_event(port, shop) == 202
+    assert second.stop() == 0
+    assert "origin_refused" not in second.output()

@@ -473,3 +473,31 @@ async def test_more_requests_in_flight_than_redis_connections_all_succeed(
     )
     assert [r.status for r in responses] == [202] * 200
     assert await redis.xlen(keys.EVENTS_STREAM) == 200
+
+
+async def test_a_track_event_without_a_name_is_told_the_name_is_required(
+    gateway: GatewayFactory, redis: Redis
+) -> None:
+    client = await gateway()
+    nameless = {"type": "track", "event_id": "n1"}
+    answer = await client.post("/e", json=nameless)
+    assert answer.status == 400
+    assert await answer.json() == {
+        "error": "is required for a track event (its name, e.g. Purchase)",
+        "field": "event",
+        "errors": [
+            {
+                "index": 0,
+                "error": "is required for a track event (its name, e.g. Purchase)",
+                "field": "event",
+            }
+        ],
+        "accepted": [],
+    }
+    batch = {"events": [{**nameless, "event": ""}, {**nameless, "event": 5}, track()]}
+    errors = (await (await client.post("/e", json=batch)).json())["errors"]
+    assert [(e["field"], e["error"]) for e in errors] == [
+        ("events[0].event", "is required for a track event (its name, e.g. Purchase)"),
+        ("events[1].event", "must be a string"),
+    ]
+    assert await redis.xlen(keys.EVENTS_STREAM) == 1

@@ -756,6 +756,58 @@ async def test_gateway_paths_live_under_the_prefix(
         assert shop.seen == []
 
 
+async def test_a_same_origin_post_on_a_non_default_port_is_accepted(
+    nginx_binary: Path,
+    tmp_path: Path,
+    gateway: Upstream,
+    shop: Upstream,
+    http: aiohttp.ClientSession,
+    redis: Redis,
+) -> None:
+    """The shop on its own port (any free port is non-default): the browser sends that port in
+    both Host and Origin, and the gateway must get the Host as the browser wrote it."""
+    with path_mode(nginx_binary, tmp_path, gateway.address, shop.port) as base:
+        own = base.removeprefix("http://")
+        async with http.post(
+            f"{base}/_t/e", json=track("ViewContent", event_id="port-1"), headers={"Origin": base}
+        ) as response:
+            assert response.status == 202, await response.text()
+            assert response.headers["Access-Control-Allow-Origin"] == base
+        assert [e["event_id"] for e in await queued(redis)] == ["port-1"]
+        (seen,) = [s for s in gateway.seen if s.path == "/e"]
+        assert seen.headers.getall("Host") == [own]
+        # no Host at all (HTTP/1.0): the server's name, never an empty or missing Host
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(own.rsplit(":", 1)[1]))
+        writer.write(b"GET /_t/healthz HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        assert (await reader.read()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        assert gateway.seen[-1].path == "/healthz"
+        assert gateway.seen[-1].headers.getall("Host") == [SHOP_HOST]
+
+
+async def test_hostname_mode_passes_a_non_default_port_to_the_gateway(
+    nginx_binary: Path,
+    tmp_path: Path,
+    certificates: Certificates,
+    gateway: Upstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    with hostname_mode(nginx_binary, tmp_path, certificates, gateway.address) as mode:
+        own = f"{GATEWAY_HOST}:{mode.https.rsplit(':', 1)[1]}"
+        headers = {"Host": own, "Origin": f"https://{own}"}
+        async with http.post(
+            f"{mode.https}/e",
+            json=track("ViewContent", event_id="port-2"),
+            headers=headers,
+            ssl=certificates.client_context(),
+        ) as response:
+            assert response.status == 202, await response.text()
+            assert response.headers["Access-Control-Allow-Origin"] == f"https://{own}"
+        (seen,) = [s for s in gateway.seen if s.path == "/e"]
+        assert seen.headers.getall("Host") == [own]
+
+
 async def test_nginx_keeps_only_the_first_set_cookie_as_a_variable(
     nginx_binary: Path,
     tmp_path: Path,

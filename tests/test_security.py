@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway import keys
+from gateway import cors, keys
 from gateway.admin import create_admin_app
 from gateway.app import REQUEST_ID_HEADER, create_app
 from gateway.appkeys import SIGNER
@@ -448,6 +448,100 @@ async def test_non_canonical_spellings_of_an_allowed_origin_are_refused(
     post = await client.post("/e", json=track(event_id="c5"), headers={"Origin": origin})
     assert post.status == 403
     assert "Access-Control-Allow-Origin" not in post.headers
+
+
+@pytest.fixture
+def refusal_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A fresh refusal log whose clock the test moves."""
+    now = [1000.0]
+    monkeypatch.setattr(cors, "REFUSALS", cors.RefusalLog(clock=lambda: now[0]))
+    return now
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("127.0.0.1:80", "http://127.0.0.1"),  # Host with the scheme's default port
+        ("Shop.Example:80", "http://shop.example"),
+        ("127.0.0.1:8443", "http://127.0.0.1:8443"),  # a non-default port, on both sides
+        ("[::1]:80", "http://[::1]"),
+    ],
+)
+async def test_the_own_origin_is_the_host_with_its_port_as_a_browser_writes_it(
+    gateway: Callable[..., Any], host: str, origin: str
+) -> None:
+    client = await gateway()
+    post = await client.post(
+        "/e", json=track(event_id="own"), headers={"Host": host, "Origin": origin}
+    )
+    assert post.status == 202, await post.text()
+    assert post.headers["Access-Control-Allow-Origin"] == origin
+
+
+async def test_the_own_host_on_another_port_is_refused(
+    gateway: Callable[..., Any], refusal_clock: list[float]
+) -> None:
+    """What a proxy sending ``Host $host`` (no port) in front of a shop on port 8443 causes."""
+    client = await gateway()
+    headers = {"Host": "127.0.0.1", "Origin": "http://127.0.0.1:8443"}
+    with capture_logs() as logs:
+        post = await client.post("/e", json=track(event_id="port"), headers=headers)
+    assert post.status == 403
+    (line,) = [line for line in logs if line["event"] == "origin_refused"]
+    assert "another port" in line["reason"] and "$http_host" in line["reason"]
+
+
+async def test_a_refused_origin_is_logged_with_the_reason_and_the_fix_once_a_minute(
+    gateway: Callable[..., Any], refusal_clock: list[float]
+) -> None:
+    client = await gateway(TTGW_ALLOWED_ORIGINS=ALLOWED_ORIGIN)
+    shop = "https://www.shop.example"
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        for _ in range(50):
+            assert (await client.post("/e", json=track(), headers={"Origin": shop})).status == 403
+        preflight = await client.options(
+            "/e", headers={"Origin": shop, "Access-Control-Request-Method": "POST"}
+        )
+        assert preflight.status == 403
+        refusals = [line for line in logs if line["event"] == "origin_refused"]
+        assert len(refusals) == 1
+        (line,) = refusals
+        assert line["log_level"] == "warning"
+        assert line["origin"] == shop
+        assert line["path"] == "POST /e"
+        assert line["refusals"] == 1
+        assert line["reason"] == (
+            f"neither the gateway's own origin http://127.0.0.1:{client.server.port} nor in "
+            f"TTGW_ALLOWED_ORIGINS ({ALLOWED_ORIGIN}): a storefront on another origin must be "
+            "listed there"
+        )
+        assert line["allow_with"] == f"TTGW_ALLOWED_ORIGINS={ALLOWED_ORIGIN},{shop}"
+        assert "request_id" in line  # joins the request's own line
+        requests = [line for line in logs if line["event"] == "request"]
+        assert [r["status"] for r in requests] == [403] * 51  # each request keeps its line
+
+        refusal_clock[0] += 61
+        await client.post("/e", json=track(), headers={"Origin": shop})
+        refusals = [line for line in logs if line["event"] == "origin_refused"]
+        assert len(refusals) == 2
+        assert refusals[1]["refusals"] == 51  # the 50 unlogged ones since, and this one
+
+
+async def test_a_flood_of_foreign_origins_writes_a_bounded_number_of_lines(
+    gateway: Callable[..., Any], refusal_clock: list[float]
+) -> None:
+    client = await gateway()
+    with capture_logs() as logs:
+        for n in range(60):
+            origin = f"https://evil-{n}.example"
+            assert (await client.post("/e", json=track(), headers={"Origin": origin})).status == 403
+        refusals = [line for line in logs if line["event"] == "origin_refused"]
+        assert len(refusals) == cors.REFUSAL_LINES_PER_WINDOW
+        refusal_clock[0] += 61
+        await client.post("/e", json=track(), headers={"Origin": "https://evil-0.example"})
+        last = [line for line in logs if line["event"] == "origin_refused"][-1]
+        assert last["unlogged_other_refusals"] == 60 - cors.REFUSAL_LINES_PER_WINDOW
+        assert last["refusals"] == 1
 
 
 # === (3) cookie tampering =======================================================================

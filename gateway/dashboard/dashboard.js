@@ -27,6 +27,10 @@
     { name: 'retried', label: 'retried' },
     { name: 'dead', label: 'dead' }
   ];
+  /* Drawing order: in a healthy minute accepted equals delivered, so delivered is a wide pale
+   * band underneath and accepted a thin dashed line on top; both stay visible (dashboard.css). */
+  const DELIVERY_DRAW_ORDER = ['delivered', 'retried', 'dead', 'accepted'];
+  const COVERAGE_HOURS_MIN_SPAN = 2; // fewer hours with events: one bar per key, not lines
   const KEY_LABELS = {
     email: 'email',
     phone: 'phone',
@@ -53,6 +57,7 @@
     timer: null,
     stats: null,
     integrations: [],
+    sandbox: false, // no pixel configured: test events go to the built-in sandbox
     coverageEvent: null,
     failuresShown: null, // the rows on screen, as JSON
     memoryToken: null, // where the token lives when sessionStorage is unavailable
@@ -280,8 +285,8 @@
   /* Forget every value shown, so nothing stays on screen after signing out. */
   function resetViews() {
     ['queue', 'deliveries-legend', 'deliveries-chart', 'deliveries-totals', 'coverage-event',
-      'coverage-alerts', 'coverage-legend', 'coverage-chart', 'test-pixel', 'test-result',
-      'replay-result', 'updated', 'status'].forEach(function (id) {
+      'coverage-alerts', 'coverage-legend', 'coverage-note', 'coverage-chart', 'test-pixel',
+      'test-result', 'replay-result', 'updated', 'status'].forEach(function (id) {
       const node = byId(id);
       clear(node);
       node.removeAttribute('data-options');
@@ -292,6 +297,7 @@
     });
     state.stats = null;
     state.integrations = [];
+    state.sandbox = false;
     state.coverageEvent = null;
     state.failuresShown = null;
     state.hiddenKeys.clear();
@@ -325,6 +331,7 @@
   function render(stats, dead, integrations) {
     state.stats = stats;
     state.integrations = integrations.integrations || [];
+    state.sandbox = Boolean(integrations.sandbox);
     show(byId('sign-in'), false);
     show(byId('dashboard'), true);
     show(byId('tools'), true);
@@ -448,7 +455,11 @@
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     const n = options.times.length;
-    const x = function (i) { return pad.left + (n > 1 ? (i * plotW) / (n - 1) : plotW / 2); };
+    // a few points (a new install's first hours) sit in the middle of their slots, off the axes
+    const inset = n > 1 && n <= 48 ? plotW / n / 2 : 0;
+    const x = function (i) {
+      return pad.left + (n > 1 ? inset + (i * (plotW - 2 * inset)) / (n - 1) : plotW / 2);
+    };
     const y = function (v) { return pad.top + plotH - (v / options.yMax) * plotH; };
     const titleId = container.id + '-title';
     const descId = container.id + '-desc';
@@ -487,13 +498,16 @@
     if (options.bars) {
       const bars = svg('g', { class: 'bars' });
       const barMax = Math.max.apply(null, options.bars.concat([1]));
-      const barW = Math.max(1, plotW / Math.max(1, n) - 0.5);
+      // a few hours make wide slots: a bar stays narrow and inside the plot
+      const barW = Math.min(24, Math.max(1, plotW / Math.max(1, n) - 0.5));
       options.bars.forEach(function (b, i) {
         if (!b) return;
-        let h = (b / barMax) * plotH * 0.35;
+        const h = (b / barMax) * plotH * 0.35;
+        const left = Math.max(pad.left, x(i) - barW / 2);
+        const right = Math.min(width - pad.right, x(i) + barW / 2);
         bars.appendChild(svg('rect', {
-          x: (x(i) - barW / 2).toFixed(1), y: (pad.top + plotH - h).toFixed(1),
-          width: barW.toFixed(1), height: h.toFixed(1)
+          x: left.toFixed(1), y: (pad.top + plotH - h).toFixed(1),
+          width: (right - left).toFixed(1), height: h.toFixed(1)
         }));
       });
       chart.appendChild(bars);
@@ -505,7 +519,7 @@
       group.appendChild(svg('path', { d: line.d || 'M0 0', class: 'line' }));
       line.lone.forEach(function (i) {
         group.appendChild(svg('circle', {
-          cx: x(i).toFixed(1), cy: y(s.values[i]).toFixed(1), r: 3.5, class: 'dot'
+          cx: x(i).toFixed(1), cy: y(s.values[i]).toFixed(1), r: n > 48 ? 3.5 : 5, class: 'dot'
         }));
       });
       chart.appendChild(group);
@@ -527,6 +541,82 @@
 
     clear(container);
     container.appendChild(chart);
+  }
+
+  /* Bars for one moment: options.items [{label, className, value (0-1 or null)}], one slot
+   * each across the width, value on top, label below; options.hover() -> text. */
+  function shareBars(container, options) {
+    const width = 720;
+    const height = 240;
+    const pad = { left: 48, right: 12, top: 20, bottom: 28 };
+    const plotW = width - pad.left - pad.right;
+    const plotH = height - pad.top - pad.bottom;
+    const y = function (v) { return pad.top + plotH - v * plotH; };
+    const titleId = container.id + '-title';
+    const descId = container.id + '-desc';
+    const chart = svg('svg', {
+      viewBox: '0 0 ' + width + ' ' + height, role: 'img', class: 'svg-chart',
+      'aria-labelledby': titleId + ' ' + descId, preserveAspectRatio: 'xMidYMid meet'
+    });
+    const title = svg('title', { id: titleId });
+    title.textContent = options.title;
+    const desc = svg('desc', { id: descId });
+    desc.textContent = options.description;
+    chart.appendChild(title);
+    chart.appendChild(desc);
+    const grid = svg('g', { class: 'grid' });
+    for (let v = 0; v <= 1 + 1e-9; v += 0.25) {
+      grid.appendChild(svg('line', {
+        x1: pad.left, x2: width - pad.right, y1: y(v).toFixed(1), y2: y(v).toFixed(1)
+      }));
+      const label = svg('text', { x: pad.left - 6, y: (y(v) + 4).toFixed(1), class: 'y-label' });
+      label.textContent = fmtShare(v);
+      grid.appendChild(label);
+    }
+    chart.appendChild(grid);
+    const slot = plotW / Math.max(1, options.items.length);
+    const barW = Math.min(56, slot * 0.6);
+    options.items.forEach(function (item, i) {
+      const middle = pad.left + slot * i + slot / 2;
+      const value = item.value === null || item.value === undefined ? 0 : item.value;
+      const group = svg('g', { class: 'series ' + item.className });
+      const bar = svg('rect', {
+        x: (middle - barW / 2).toFixed(1), y: y(value).toFixed(1), width: barW.toFixed(1),
+        height: Math.max(value * plotH, 1).toFixed(1), class: 'share-bar'
+      });
+      const tip = svg('title');
+      tip.textContent = item.label + ': ' + fmtShare(item.value) + ' · ' + options.hover();
+      bar.appendChild(tip);
+      group.appendChild(bar);
+      const share = svg('text', {
+        x: middle.toFixed(1), y: (y(value) - 5).toFixed(1), 'text-anchor': 'middle',
+        class: 'bar-value'
+      });
+      share.textContent = fmtShare(item.value);
+      group.appendChild(share);
+      const label = svg('text', {
+        x: middle.toFixed(1), y: height - 8, 'text-anchor': 'middle', class: 'x-label'
+      });
+      label.textContent = item.label;
+      group.appendChild(label);
+      chart.appendChild(group);
+    });
+    clear(container);
+    container.appendChild(chart);
+  }
+
+  /* Indices of the hours to label: midnights over several days, else every 1, 2, 3, 6 or 12
+   * hours, whichever gives at most eight labels. */
+  function hourTicks(times) {
+    const hourOf = function (ms) { return new Date(ms).getHours(); };
+    const ticks = [];
+    if (times.length > 48) {
+      times.forEach(function (ms, i) { if (hourOf(ms) === 0) ticks.push(i); });
+      return ticks;
+    }
+    const step = [1, 2, 3, 6, 12].filter(function (k) { return times.length / k <= 8; })[0] || 24;
+    times.forEach(function (ms, i) { if (hourOf(ms) % step === 0) ticks.push(i); });
+    return ticks;
   }
 
   // ---------------------------------------------------------------- (2) deliveries
@@ -560,10 +650,10 @@
         return fmtCount(totals[s.name]) + ' ' + s.label;
       }).join(', ') + ' in the last 60 minutes.',
       times: times,
-      series: DELIVERY_SERIES.map(function (s) {
+      series: DELIVERY_DRAW_ORDER.map(function (name) {
         return {
-          className: 'd-' + s.name,
-          values: minutes.map(function (m) { return m[s.name] || 0; })
+          className: 'd-' + name,
+          values: minutes.map(function (m) { return m[name] || 0; })
         };
       }),
       yMax: scale.max,
@@ -580,10 +670,10 @@
     });
     const c = stats.counters || {};
     byId('deliveries-totals').textContent = 'All time: ' + [
-      ['accepted', 'accepted'], ['delivered', 'delivered'], ['duplicate', 'duplicates'],
+      ['accepted', 'accepted'], ['delivered', 'delivered'], ['duplicate', 'duplicate', 'duplicates'],
       ['suppressed', 'suppressed by consent'], ['retried', 'retried'], ['dead', 'dead'],
       ['replayed', 'replayed']
-    ].map(function (p) { return fmtCount(c[p[0]] || 0) + ' ' + p[1]; }).join(' · ') + '.';
+    ].map(function (p) { return plural(c[p[0]] || 0, p[1], p[2] || p[1]); }).join(' · ') + '.';
   }
 
   // ---------------------------------------------------------------- (3) match-key coverage
@@ -677,6 +767,7 @@
     if (!chosen) {
       clear(chart);
       chart.appendChild(el('p', { className: 'muted', text: 'No events in the last 7 days.' }));
+      show(byId('coverage-note'), false);
       byId('coverage-caption').textContent = 'Current coverage';
       return;
     }
@@ -689,54 +780,89 @@
 
     renderKeyToggles(keys);
 
-    const ticks = [];
-    for (let i = 0; i < n; i++) {
-      if (new Date(times[i]).getHours() === 0) ticks.push(i);
-    }
     let last = 0;
-    for (let h = n - 1; h >= 0; h--) {
-      if (data.total[h]) { last = h; break; }
+    let first = n;
+    let hoursWithEvents = 0;
+    for (let h = 0; h < n; h++) {
+      if (!data.total[h]) continue;
+      hoursWithEvents += 1;
+      last = h;
+      if (first === n) first = h;
     }
     const volume = data.total.reduce(function (a, b) { return a + b; }, 0);
-    lineChart(chart, {
-      title: 'Share of ' + chosen + ' events carrying each match key, per hour',
-      description: fmtCount(volume) + ' ' + chosen + ' events delivered in the last 7 days. ' +
-        'Latest hour: ' +
-        keys.map(function (k) {
-          return (KEY_LABELS[k] || k) + ' ' + fmtShare(data[k] ? data[k][last] : null);
-        }).join(', ') + '.',
-      times: times,
-      bars: data.total,
-      // keys with an alert are drawn last, on top of the lines they would hide behind
-      series: keys.map(function (key, index) {
-        return { key: key, index: index };
-      }).filter(function (s) {
-        return !state.hiddenKeys.has(s.key);
-      }).sort(function (a, b) {
-        return (alerted[a.key] ? 1 : 0) - (alerted[b.key] ? 1 : 0) || a.index - b.index;
-      }).map(function (s) {
-        return {
-          className: 'k-' + s.index + (alerted[s.key] ? ' alerted' : ''),
-          values: (data[s.key] || []).slice()
-        };
-      }),
-      yMax: 1,
-      yStep: 0.25,
-      yLabel: fmtShare,
-      xTicks: ticks,
-      xLabel: function (ms) {
-        const day = new Date(ms);
-        return day.toLocaleDateString([], { weekday: 'short' }) + ' ' + day.getDate();
-      },
-      hover: function (i) {
-        const t = data.total[i] || 0;
-        if (!t) return fmtHour(times[i]) + ': no ' + chosen + ' events';
-        return fmtHour(times[i]) + ': ' + plural(t, chosen + ' event', chosen + ' events') +
-          '; ' + keys.map(function (k) {
-            return (KEY_LABELS[k] || k) + ' ' + fmtShare(data[k] ? data[k][i] : null);
-          }).join(', ');
-      }
+    const description = plural(volume, chosen + ' event', chosen + ' events') +
+      ' delivered in the last 7 days. Latest hour: ' +
+      keys.map(function (k) {
+        return (KEY_LABELS[k] || k) + ' ' + fmtShare(data[k] ? data[k][last] : null);
+      }).join(', ') + '.';
+    // keys with an alert are drawn last, on top of the lines they would hide behind
+    const shown = keys.map(function (key, index) {
+      return { key: key, index: index };
+    }).filter(function (s) {
+      return !state.hiddenKeys.has(s.key);
+    }).sort(function (a, b) {
+      return (alerted[a.key] ? 1 : 0) - (alerted[b.key] ? 1 : 0) || a.index - b.index;
     });
+    const note = byId('coverage-note');
+    const hover = function (i) {
+      const t = data.total[i] || 0;
+      if (!t) return fmtHour(times[i]) + ': no ' + chosen + ' events';
+      return fmtHour(times[i]) + ': ' + plural(t, chosen + ' event', chosen + ' events') +
+        '; ' + keys.map(function (k) {
+          return (KEY_LABELS[k] || k) + ' ' + fmtShare(data[k] ? data[k][i] : null);
+        }).join(', ');
+    };
+
+    if (volume > 0 && hoursWithEvents < COVERAGE_HOURS_MIN_SPAN) {
+      // a new install: one hour of data would be a stack of dots at the right edge
+      note.textContent = 'Collecting data: ' + chosen + ' events in one hour so far (' +
+        fmtHour(times[last]) + '), one bar per key. From the second hour on, the chart shows ' +
+        'the hours since the first, widening to 7 days.';
+      show(note, true);
+      shareBars(chart, {
+        title: 'Share of ' + chosen + ' events carrying each match key, ' + fmtHour(times[last]),
+        description: description,
+        items: shown.map(function (s) {
+          return {
+            label: KEY_LABELS[s.key] || s.key,
+            className: 'k-' + s.index + (alerted[s.key] ? ' alerted' : ''),
+            value: data[s.key] ? data[s.key][last] : null
+          };
+        }),
+        hover: function () { return hover(last); }
+      });
+    } else {
+      // before 7 days of data, the window starts at the first hour with events
+      const from = volume > 0 ? first : 0;
+      const span = n - from;
+      if (from > 0) {
+        note.textContent = 'Collecting data: the first ' + plural(span, 'hour', 'hours') +
+          ' (since ' + fmtHour(times[from]) + '). The chart widens to 7 days as data arrives.';
+      }
+      show(note, from > 0);
+      const hours = times.slice(from);
+      lineChart(chart, {
+        title: 'Share of ' + chosen + ' events carrying each match key, per hour',
+        description: description,
+        times: hours,
+        bars: data.total.slice(from),
+        series: shown.map(function (s) {
+          return {
+            className: 'k-' + s.index + (alerted[s.key] ? ' alerted' : ''),
+            values: (data[s.key] || []).slice(from)
+          };
+        }),
+        yMax: 1,
+        yStep: 0.25,
+        yLabel: fmtShare,
+        xTicks: hourTicks(hours),
+        xLabel: span > 48 ? function (ms) {
+          const day = new Date(ms);
+          return day.toLocaleDateString([], { weekday: 'short' }) + ' ' + day.getDate();
+        } : fmtClock,
+        hover: function (i) { return hover(i + from); }
+      });
+    }
 
     byId('coverage-caption').textContent = 'Coverage of ' + chosen + ': ' +
       plural(volume, 'event', 'events') + ' delivered in 7 days; latest hour with events: ' +
@@ -884,31 +1010,93 @@
       return [i.pixel_code, label, !i.enabled]; // the API sends through enabled ones only
     });
     items.sort(function (a, b) { return (a[2] ? 1 : 0) - (b[2] ? 1 : 0); });
+    // no pixel configured: the API sends to the built-in sandbox (no pixel named)
+    if (state.sandbox) {
+      items.unshift(['', 'Sandbox (no pixel configured; nothing leaves this machine)']);
+    }
+    const usable = items.some(function (item) { return !item[2]; });
     setOptions(select, items.length ? items : [['', 'No integration configured']]);
-    select.disabled = integrations.length === 0;
-    byId('test-send').disabled = integrations.length === 0;
+    select.disabled = !usable;
+    byId('test-send').disabled = !usable;
+    renderTestCode();
+  }
+
+  /* Whether the admin API (POST v1/admin/test-event) needs a code from the form: not in sandbox
+   * mode, not when the integration keeps one; otherwise it refuses, since a test event without a
+   * code would count in the pixel's reports. */
+  function testCodeNeed() {
+    if (state.sandbox) {
+      return {
+        required: false,
+        label: '(optional)',
+        help: 'Sandbox mode: the test event goes to the built-in sandbox, checked as TikTok ' +
+          'would check it, with this code or none.'
+      };
+    }
+    const pixel = byId('test-pixel').value;
+    const chosen = state.integrations.filter(function (i) { return i.pixel_code === pixel; })[0];
+    if (chosen && chosen.test_event_code) {
+      return {
+        required: false,
+        label: '(optional)',
+        help: 'Leave it empty to use the integration\'s own code (' + chosen.test_event_code +
+          '); find codes in Events Manager › Test events.'
+      };
+    }
+    return {
+      required: true,
+      label: '(required)',
+      help: 'This integration has no test event code (TTGW_TEST_EVENT_CODE or the ' +
+        'integration\'s test_event_code): enter one from Events Manager › Test events, so the ' +
+        'event shows there and not in your reports.'
+    };
+  }
+
+  function renderTestCode() {
+    const need = testCodeNeed();
+    const input = byId('test-code');
+    input.required = need.required;
+    byId('test-code-need').textContent = need.label;
+    byId('test-code-help').textContent = need.help;
+    if (!need.required || input.value.trim()) input.removeAttribute('aria-invalid');
+  }
+
+  function testResult(className, text) {
+    const result = byId('test-result');
+    clear(result);
+    result.appendChild(el('p', { className: className, text: text }));
+    return result;
   }
 
   async function onTestEvent(event) {
     event.preventDefault();
     const pixel = byId('test-pixel').value;
-    const code = byId('test-code').value.trim();
+    const input = byId('test-code');
+    const code = input.value.trim();
     const button = byId('test-send');
-    const result = byId('test-result');
-    if (!pixel) return;
+    if (!pixel && !state.sandbox) return;
+    if (testCodeNeed().required && !code) {
+      input.setAttribute('aria-invalid', 'true');
+      testResult('error', 'Not sent: enter a test event code; ' + pixel +
+        ' has none of its own (Events Manager › Test events).');
+      input.focus();
+      return;
+    }
+    input.removeAttribute('aria-invalid');
+    const where = pixel || 'the sandbox';
     button.disabled = true;
-    clear(result);
-    result.appendChild(el('p', { className: 'muted', text: 'Sending a test event to ' + pixel + '…' }));
+    testResult('muted', 'Sending a test event to ' + where + '…');
     try {
-      const body = { pixel: pixel };
+      const body = pixel ? { pixel: pixel } : {};
       if (code) body.test_event_code = code;
       const answer = await api(API.testEvent, body);
-      clear(result);
       const ok = answer.verdict === 'delivered';
-      result.appendChild(el('p', {
-        className: ok ? 'ok-text' : 'error',
-        text: ok ? 'TikTok accepted the test event.' : 'TikTok did not accept the test event.'
-      }));
+      let text = ok ? 'TikTok accepted the test event.' : 'TikTok did not accept the test event.';
+      if (state.sandbox) {
+        text = ok ? 'The sandbox accepted the test event (nothing was sent to TikTok).'
+          : 'The sandbox did not accept the test event.';
+      }
+      const result = testResult(ok ? 'ok-text' : 'error', text);
       const rows = [
         ['Verdict', answer.verdict], ['HTTP status', answer.http_status],
         ['TikTok code', answer.code], ['Message', answer.message],
@@ -924,8 +1112,7 @@
         askForToken('That token was not accepted. Enter the admin token again.');
         return;
       }
-      clear(result);
-      result.appendChild(el('p', { className: 'error', text: 'Not sent: ' + error.message }));
+      testResult('error', 'Not sent: ' + error.message);
     }
     button.disabled = false;
   }
@@ -938,6 +1125,8 @@
     byId('refresh').addEventListener('click', function () { refresh(); });
     byId('replay-all').addEventListener('click', onReplayAll);
     byId('test-form').addEventListener('submit', onTestEvent);
+    byId('test-pixel').addEventListener('change', renderTestCode);
+    byId('test-code').addEventListener('input', renderTestCode);
     byId('coverage-event').addEventListener('change', function (event) {
       state.coverageEvent = event.target.value;
       if (state.stats) renderCoverage(state.stats.coverage, state.stats.alerts || []);
