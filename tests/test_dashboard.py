@@ -386,3 +386,44 @@ async def test_a_new_install_reads_well_and_sends_a_sandbox_test_event_without_a
         assert errors == []
     finally:
         await gateway.close()
+
+
+async def test_dropped_fields_are_counted_by_field(
+    make_settings: MakeSettings, redis_url: str
+) -> None:
+    """Issue 13: a field ingest drops with a warning is counted by field on the dashboard."""
+    settings = make_settings(TTGW_REDIS_URL=redis_url, TTGW_ADMIN_TOKEN=ADMIN_TOKEN)
+    gateway = TestServer(create_app(settings), host="127.0.0.1")
+    await gateway.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {settings.write_key}"}
+            events = [
+                {**purchase(n, phone="12"), "properties": {"value": 1, "currency": "EUR",
+                                                          "coupon": "X"}}
+                for n in range(3)
+            ]  # fmt: skip
+            async with session.post(
+                str(gateway.make_url("/v1/track")), json={"events": events}, headers=headers
+            ) as response:
+                assert response.status == 202
+        async with chromium() as browser:
+            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(str(gateway.make_url("/dashboard")))
+            await sign_in(page, ADMIN_TOKEN)
+            table = page.locator("#warnings-table")
+            await expect(table).to_be_visible()
+            rows = table.locator("tbody tr")
+            await expect(rows).to_have_count(2)
+            texts = sorted(await rows.all_inner_texts())
+            assert [t.split() for t in texts] == [["properties.*", "3"], ["user.phone", "3"]]
+            await expect(page.locator("#warnings-empty")).to_be_hidden()
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.locator("#warnings-section").screenshot(
+                path=str(ARTIFACTS / "dashboard-dropped-fields.png")
+            )
+            assert errors == []
+    finally:
+        await gateway.close()

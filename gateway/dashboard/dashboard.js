@@ -340,6 +340,7 @@
     renderDeliveries(stats);
     renderCoverage(stats.coverage, stats.alerts || []);
     renderPaused(stats.paused || []);
+    renderWarnings(stats.warnings || {});
     renderFailures(dead.events || [], dead.next_cursor, stats.queue.dead);
     renderTestPixels(state.integrations);
     byId('updated').textContent = 'Updated ' + fmtClock(Date.now()) + ' · every ' +
@@ -909,6 +910,22 @@
     });
     show(table, paused.length > 0);
     show(byId('paused-empty'), paused.length === 0);
+  }
+
+  /* Fields dropped with a warning at ingest, by field, most frequent first (as the API sends). */
+  function renderWarnings(warnings) {
+    const table = byId('warnings-table');
+    const tbody = table.tBodies[0];
+    clear(tbody);
+    const fields = Object.keys(warnings);
+    fields.forEach(function (field) {
+      tbody.appendChild(el('tr', {}, [
+        el('td', {}, [el('code', { text: field })]),
+        el('td', { className: 'num', text: fmtCount(warnings[field]) })
+      ]));
+    });
+    show(table, fields.length > 0);
+    show(byId('warnings-empty'), fields.length === 0);
   }
 
   // ---------------------------------------------------------------- (5) latest failures
