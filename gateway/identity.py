@@ -317,7 +317,12 @@ def redact_url(url: str) -> str:
     )
     if (path, query, fragment) == (parts.path, parts.query, parts.fragment):
         return url
-    return urlunsplit(parts._replace(path=path, query=query, fragment=fragment))
+    rebuilt = urlunsplit(parts._replace(path=path, query=query, fragment=fragment))
+    if not parts.netloc and path.startswith("//"):
+        # an empty authority ("////x"): urlunsplit drops it, and the path would read as a host
+        rest = urlunsplit(parts._replace(scheme="", path=path, query=query, fragment=fragment))
+        rebuilt = (f"{parts.scheme}:" if parts.scheme else "") + "//" + rest
+    return rebuilt
 
 
 def _suspect(text: str) -> bool:

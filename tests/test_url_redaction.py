@@ -10,7 +10,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import pytest
@@ -237,3 +237,12 @@ async def test_emails_and_phones_in_page_urls_never_reach_redis(
     assert entries[f"e1-{tag}"]["page"]["url"] == f"{SHOP}/account/{R}/orders#/x"
     assert entries[f"e2-{tag}"]["page"]["url"] == f"{SHOP}/u/{R}?utm_source=tiktok#{R}"
     assert entries[f"t-{tag}"]["page"]["url"] == f"{SHOP}/app?ttclid={TTCLID}#/order/confirm"
+
+
+def test_an_empty_authority_stays_empty_after_redaction() -> None:
+    """Found by the fuzzer: ``////x?…@`` lost its empty authority, and its path read as a host."""
+    url = "////;;]x;//$+'@?+\x00)@"
+    redacted = redact_url(url)
+    before, after = urlsplit(url), urlsplit(redacted)
+    assert (after.scheme, after.netloc) == (before.scheme, before.netloc)
+    assert redact_url(redacted) == redacted
