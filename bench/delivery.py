@@ -34,9 +34,9 @@ import psutil
 import redis
 from harness import LOOPBACK, PIXEL, TOKEN, Report, Table, Workspace, stage, text
 
-from gateway import keys
-from gateway.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
-from gateway.tiktok import build_body
+from gateway.delivery.client import build_body
+from gateway.store import keys
+from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
 from tests.delivery_support import enqueue, event_data
 
 LATENCY_MS = 20.0

@@ -31,7 +31,8 @@ def main() -> int:
     if args.extra_path:
         sys.path.insert(0, args.extra_path)
     if args.no_redis:
-        from gateway import connections, visitors
+        from gateway.identity import visitors
+        from gateway.store import connections
 
         async def answer(_: object, calls: list[connections.LuaCall]) -> list[object]:
             return [[] if script is visitors._STITCH else b"0-1" for script, _, _ in calls]

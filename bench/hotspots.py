@@ -41,7 +41,7 @@ from harness import (
     wrk_path,
 )
 
-from gateway.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
+from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
 from tests.delivery_support import enqueue
 
 VARIANT = [sys.executable, str(BENCH / "gateway_variant.py")]

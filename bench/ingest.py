@@ -38,7 +38,7 @@ from harness import (
     wrk_path,
 )
 
-from gateway import keys
+from gateway.store import keys
 
 
 def _ms(value: float) -> str:

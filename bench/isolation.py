@@ -44,8 +44,8 @@ from harness import (
 )
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
+from gateway.store import keys
+from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
 from tests.delivery_support import enqueue
 
 PIXEL_A = "CAAAAAAAAAAAAAAAAAA0"

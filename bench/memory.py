@@ -35,7 +35,7 @@ from harness import (
     wait_for,
 )
 
-from gateway import keys
+from gateway.store import keys
 from tests.delivery_support import enqueue
 
 KIB = 1024

@@ -31,8 +31,8 @@ from pathlib import Path
 from harness import LOOPBACK, PIXEL, TOKEN, Report, Table, Workspace, free_port, stage, text
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.emulator import (
+from gateway.store import keys
+from gateway.tiktok.emulator import (
     EmulatorConfig,
     EmulatorState,
     Outcome,

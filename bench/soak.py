@@ -34,8 +34,8 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import keys
-from gateway.emulator import EmulatorConfig, EmulatorState, Outcome, Script, serve_emulator
+from gateway.store import keys
+from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, Outcome, Script, serve_emulator
 
 PIXEL = "CSOAKSOAKSOAKSOAKSO0"
 TOKEN = "soak-emulator-token-0001"

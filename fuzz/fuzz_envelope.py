@@ -5,9 +5,9 @@ Every input is used twice:
 * as a request body: the raw bytes as JSON (what ``POST /e`` and ``/v1/track`` parse), or, when
   the first byte is odd, an envelope built field by field from the bytes (so the fuzzer reaches
   deep fields without having to guess key names). ``split_batch`` and ``parse_event`` may refuse
-  it only with :class:`gateway.events.FieldError`; what they accept must keep the envelope's
-  invariants (valid IP, absolute http(s) page URL, a time inside the accepted window, finite
-  non-negative amounts, an ``event_id`` for every event).
+  it only with :class:`gateway.ingest.envelope.FieldError`; what they accept must keep the
+  envelope's invariants (valid IP, absolute http(s) page URL, a time inside the accepted
+  window, finite non-negative amounts, an ``event_id`` for every event).
 * as text: ``identity.hash_email``, ``hash_phone(text, "FR")``, ``hash_phone(text, None)``,
   ``normalize_place`` and ``redact_url`` must never raise (``redact_url`` may refuse with
   ``ValueError`` only a text that ``urllib`` cannot split or that holds lone surrogates, as its
@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson  # a C extension: nothing to instrument
 
 with atheris.instrument_imports():
-    from gateway import events, identity
+    from gateway.identity import normalize as identity
+    from gateway.ingest import envelope as events
 
 NOW = float(int(time.time()))
 MAX_AGE_S = 7 * 86400

@@ -17,8 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway import __version__, collect, collector, dashboard, keys, landing
-from gateway.admin import create_admin_app
+from gateway import __version__
 from gateway.appkeys import (
     COALESCER,
     HTTP,
@@ -30,17 +29,21 @@ from gateway.appkeys import (
     STORE,
     VISITORS,
 )
-from gateway.connections import REDIS_ERRORS, Coalescer, RedisOptions, make_redis
 from gateway.content_encoding import SERVER_LOG, decoded_bodies
-from gateway.cookies import CookieSigner
+from gateway.identity.cookies import CookieSigner
+from gateway.identity.visitors import VisitorStore
+from gateway.ingest import landing, routes, script
+from gateway.ingest.enqueue import IngestQueue
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
-from gateway.metrics import metrics_handler
-from gateway.proxy import PREFIX, ProxyConfig, create_proxy_app
-from gateway.queue import IngestQueue
+from gateway.operate import dashboard
+from gateway.operate.admin import create_admin_app
+from gateway.operate.metrics import metrics_handler
+from gateway.operate.stats import stats_calls
 from gateway.settings import Settings
-from gateway.stats import stats_calls
-from gateway.visitors import VisitorStore
+from gateway.store import keys
+from gateway.store.connections import REDIS_ERRORS, Coalescer, RedisOptions, make_redis
+from gateway.tiktok.proxy import PREFIX, ProxyConfig, create_proxy_app
 
 __all__ = ["HTTP", "REDIS", "SETTINGS", "create_app"]
 
@@ -150,8 +153,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    collect.add_routes(app)
-    collector.add_routes(app)
+    routes.add_routes(app)
+    script.add_routes(app)
     dashboard.add_routes(app)
     landing.add_routes(app)
     app.add_subapp("/v1/admin", create_admin_app())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from gateway.connections import Coalescer, RedisClient
-from gateway.cookies import CookieSigner
+from gateway.identity.cookies import CookieSigner
+from gateway.identity.visitors import VisitorStore
+from gateway.ingest.enqueue import IngestQueue
 from gateway.integrations import Integrations, IntegrationStore
-from gateway.queue import IngestQueue
 from gateway.settings import Settings
-from gateway.visitors import VisitorStore
+from gateway.store.connections import Coalescer, RedisClient
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 REDIS: web.AppKey[RedisClient] = web.AppKey("redis")

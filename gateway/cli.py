@@ -13,12 +13,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import __version__, commands, keys
+from gateway import __version__
 from gateway.app import create_app
-from gateway.delivery import serve_worker
-from gateway.embedded import EmbeddedRedis, EmbeddedRedisError
+from gateway.delivery.worker import serve_worker
 from gateway.logs import configure_logging, get_logger
+from gateway.operate import commands
 from gateway.settings import Settings, SettingsError
+from gateway.store import keys
+from gateway.store.embedded import EmbeddedRedis, EmbeddedRedisError
 
 log = get_logger("gateway.cli")
 
@@ -244,7 +246,7 @@ async def _serve(settings: Settings, *, web_server: bool, worker: bool) -> int:
 
 
 def _run_emulator(args: argparse.Namespace) -> None:
-    from gateway.emulator import EmulatorConfig, parse_token_spec, run_emulator
+    from gateway.tiktok.emulator import EmulatorConfig, parse_token_spec, run_emulator
 
     tokens: dict[str, set[str] | None] = {}
     for spec in args.token:
@@ -298,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "send-test":
             with redis_for(settings) as ready:
                 return asyncio.run(commands.send_test(ready, args))
-        from gateway.doctor import doctor_command, parse_host_pair
+        from gateway.operate.doctor import doctor_command, parse_host_pair
 
         try:
             hosts = [parse_host_pair(text) for text in args.check_host]

@@ -28,11 +28,11 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway import keys
-from gateway.connections import RedisClient
-from gateway.events import NameTable
+from gateway.ingest.envelope import NameTable
 from gateway.logs import get_logger
 from gateway.settings import SANDBOX_PIXEL_CODE, Integration, Settings
+from gateway.store import keys
+from gateway.store.connections import RedisClient
 
 SANDBOX = Integration(name="sandbox", pixel_code=SANDBOX_PIXEL_CODE, access_token="")
 VERSION_KEY = f"{keys.PREFIX}:{keys.CONFIG_TAG}:integrations-version"

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import orjson
 from publicsuffixlist import PublicSuffixList
 
-from gateway import keys
+from gateway.store import keys
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

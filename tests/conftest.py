@@ -14,8 +14,8 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from gateway.embedded import find_redis_server
 from gateway.settings import Settings
+from gateway.store.embedded import find_redis_server
 from tests.process_support import Processes, stop_all
 from tests.support import (
     REQUIRE_BINARIES,

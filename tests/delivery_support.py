@@ -13,13 +13,13 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from gateway.connections import make_redis
-from gateway.delivery import Worker, make_routes
-from gateway.emulator import EmulatorConfig, EmulatorState, serve_emulator
+from gateway.delivery.ratelimit import RateLimit, RateLimiter
+from gateway.delivery.worker import Worker, make_routes
+from gateway.ingest.enqueue import IngestQueue, Outgoing
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
-from gateway.queue import IngestQueue, Outgoing
-from gateway.ratelimit import RateLimit, RateLimiter
 from gateway.settings import Settings
+from gateway.store.connections import make_redis
+from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, serve_emulator
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"
 TOKEN = "emulator-token-0001"

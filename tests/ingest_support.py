@@ -10,9 +10,9 @@ import orjson
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.store import keys
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"
 EMAIL = "Jane.Doe+shop@Example.com"

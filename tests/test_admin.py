@@ -9,10 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from gateway import keys
 from gateway.app import create_app
+from gateway.operate.stats import hour
 from gateway.settings import Settings
-from gateway.stats import hour
+from gateway.store import keys
 from tests.delivery_support import (
     PIXEL,
     TOKEN,

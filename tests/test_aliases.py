@@ -15,13 +15,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from gateway import keys
 from gateway.appkeys import SETTINGS
-from gateway.queue import IngestQueue, Outgoing, Status
-from gateway.receipts import receipts_for
-from gateway.replay import dead_letters
+from gateway.delivery.receipts import receipts_for
+from gateway.delivery.replay import dead_letters
+from gateway.ingest.enqueue import IngestQueue, Outgoing, Status
 from gateway.settings import Settings
-from gateway.tiktok_spec import (
+from gateway.store import keys
+from gateway.tiktok.spec import (
     ACCEPTED_EVENTS,
     LEGACY_EVENTS,
     RESERVED_TARGETS,

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import orjson
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.queue import IngestQueue, Outgoing, Status
-from gateway.receipts import counters
+from gateway.delivery.receipts import counters
+from gateway.ingest.enqueue import IngestQueue, Outgoing, Status
+from gateway.operate.stats import hour
 from gateway.settings import Settings
-from gateway.stats import hour
+from gateway.store import keys
 from tests.delivery_support import (
     PIXEL,
     delivery_env,

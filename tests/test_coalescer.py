@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway import keys
-from gateway.connections import Coalescer, Lua, LuaCall, make_redis
-from gateway.stats import flow_calls, minute
+from gateway.operate.stats import flow_calls, minute
+from gateway.store import keys
+from gateway.store.connections import Coalescer, Lua, LuaCall, make_redis
 
 ECHO = Lua("redis.call('INCR', KEYS[1]) return ARGV[1]")
 FAIL = Lua("return redis.error_reply('boom ' .. ARGV[1])")

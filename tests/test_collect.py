@@ -11,9 +11,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.metrics import IDENTIFIERS_DROPPED
+from gateway.operate.metrics import IDENTIFIERS_DROPPED
 from gateway.settings import Settings
+from gateway.store import keys
 from tests.ingest_support import (
     EMAIL,
     EMAIL_HASH,

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from gateway.emulator import AcceptedEvent
 from gateway.settings import Settings
+from gateway.tiktok.emulator import AcceptedEvent
 from tests.browser_support import chromium, sent, sha, storefront_stack
 
 MakeSettings = Callable[..., Settings]

@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.store import keys
 from tests.ingest_support import track
 
 Client = TestClient  # type: ignore[type-arg]

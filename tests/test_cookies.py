@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
-from gateway.cookies import (
+from gateway.identity.cookies import (
     CLICK_COOKIE,
     COOKIE_HEADER_MAX_CHARS,
     TTP_COOKIE,
@@ -29,7 +29,7 @@ from gateway.cookies import (
     strip_pixel_click_suffix,
     valid_visitor_id,
 )
-from gateway.keys import COOKIE_MAX_AGE_S
+from gateway.store.keys import COOKIE_MAX_AGE_S
 
 SECRET = "s" * 40
 OTHER_SECRET = "t" * 40

@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Page, ViewportSize, expect
 from redis.asyncio import Redis
 
-from gateway import dashboard, keys
 from gateway.app import create_app
+from gateway.operate import dashboard
+from gateway.operate.stats import count_coverage
 from gateway.settings import Settings
-from gateway.stats import count_coverage
+from gateway.store import keys
 from tests.browser_support import Stack, chromium, storefront_stack
 from tests.delivery_support import PIXEL, enqueue, wait_until
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import orjson
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.emulator import Outcome, Script
-from gateway.receipts import counters, receipts_for
-from gateway.replay import dead_letters, replay
+from gateway.delivery.receipts import counters, receipts_for
+from gateway.delivery.replay import dead_letters, replay
 from gateway.settings import Settings
+from gateway.store import keys
+from gateway.tiktok.emulator import Outcome, Script
 from tests.delivery_support import (
     PIXEL,
     TOKEN,
@@ -228,7 +228,7 @@ async def test_two_workers_share_the_rate_limit(
 async def test_the_sandbox_records_without_sending(
     make_settings: MakeSettings, redis_url: str, redis: Redis
 ) -> None:
-    from gateway.sandbox import Sandbox
+    from gateway.delivery.sandbox import Sandbox
     from gateway.settings import SANDBOX_PIXEL_CODE
 
     await enqueue(redis_url, ["s1", "s2"], pixel=SANDBOX_PIXEL_CODE)
@@ -286,8 +286,8 @@ async def test_an_event_failing_tiktoks_rules_is_found_without_bisecting(
     make_settings: MakeSettings, redis_url: str, redis: Redis
 ) -> None:
     """Ingest's checks are not repeated per event; TikTok's 40002 makes the worker check them."""
-    from gateway.connections import make_redis
-    from gateway.queue import IngestQueue, Outgoing
+    from gateway.ingest.enqueue import IngestQueue, Outgoing
+    from gateway.store.connections import make_redis
 
     ids = [f"v{i}" for i in range(20)]
     await enqueue(redis_url, ids[:10])

@@ -12,7 +12,7 @@ import aiohttp
 import yaml
 from redis.asyncio import Redis
 
-from gateway.receipts import counters
+from gateway.delivery.receipts import counters
 from tests.delivery_support import delivery_env, running_emulator, wait_until
 from tests.process_support import Processes, exited
 from tests.support import free_port

@@ -12,8 +12,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.doctor import (
+from gateway.operate.doctor import (
     Check,
     Level,
     Resolution,
@@ -27,6 +26,7 @@ from gateway.doctor import (
     shares_prefix,
 )
 from gateway.settings import Settings, SettingsError
+from gateway.store import keys
 from tests.delivery_support import PIXEL, TOKEN, Emulator, delivery_env, running_emulator
 from tests.support import free_port, wait_for_port
 

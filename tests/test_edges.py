@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from gateway.appkeys import SETTINGS
-from gateway.cookies import CLICK_COOKIE
+from gateway.identity.cookies import CLICK_COOKIE
 from gateway.settings import Settings
 from tests.delivery_support import wait_until
 from tests.ingest_support import (

@@ -7,7 +7,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from gateway.store.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 
 
 def client(url: str) -> Redis:

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
 
-from gateway.emulator import (
+from gateway.tiktok.emulator import (
     EmulatorConfig,
     EmulatorState,
     Outcome,
@@ -30,7 +30,7 @@ from gateway.emulator import (
     parse_token_spec,
     serve_emulator,
 )
-from gateway.tiktok_spec import (
+from gateway.tiktok.spec import (
     LEGACY_EVENTS,
     MSG_BAD_EVENT_ID,
     MSG_BAD_EVENT_SOURCE,

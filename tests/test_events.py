@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.events import (
+from gateway.ingest.envelope import (
     CONSENT_KEYS,
     FORBIDDEN_FIELDS,
     MAX_CONTENTS,
@@ -32,7 +32,7 @@ from gateway.events import (
     parse_timestamp,
     split_batch,
 )
-from gateway.tiktok_spec import (
+from gateway.tiktok.spec import (
     ACCEPTED_EVENTS,
     LEGACY_EVENTS,
     PAGEVIEW,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.forwarded import client_ip, forwarded_proto, is_trusted
+from gateway.ingest.forwarded import client_ip, forwarded_proto, is_trusted
 from gateway.settings import IPNetwork
 
 

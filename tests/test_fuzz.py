@@ -25,15 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from gateway.admin import PIXEL_RE
 from gateway.app import create_app
 from gateway.appkeys import SIGNER
-from gateway.consent import decide
-from gateway.cookies import CLICK_COOKIE, TTP_COOKIE, VISITOR_COOKIE
-from gateway.events import FieldError, NameTable, derive_event_id, parse_event, split_batch
-from gateway.ingest import Origin, build_event, click_from_page, encode, hash_user
+from gateway.identity.consent import decide
+from gateway.identity.cookies import CLICK_COOKIE, TTP_COOKIE, VISITOR_COOKIE
+from gateway.identity.visitors import Session
+from gateway.ingest.build import Origin, build_event, click_from_page, encode, hash_user
+from gateway.ingest.envelope import FieldError, NameTable, derive_event_id, parse_event, split_batch
+from gateway.operate.admin import PIXEL_RE
 from gateway.settings import Settings
-from gateway.visitors import Session
 from tests.delivery_support import running_emulator
 from tests.ingest_support import TTCLID, queued, track
 from tests.support import REQUIRE_BINARIES

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import identity
-from gateway.identity import (
+from gateway.identity import normalize
+from gateway.identity.normalize import (
     MAX_EMAIL_CHARS,
     as_sha256,
     hash_email,
@@ -453,4 +453,4 @@ def test_as_sha256_round_trips_sha256_hex(raw: str) -> None:
     ],
 )  # fmt: skip
 def test_redact_url_removes_contact_data(url: str, expected: str) -> None:
-    assert identity.redact_url(url) == expected
+    assert normalize.redact_url(url) == expected

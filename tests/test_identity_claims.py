@@ -19,10 +19,10 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from gateway import keys
 from gateway.appkeys import SETTINGS, SIGNER
-from gateway.cookies import CLICK_COOKIE, TTP_COOKIE, VISITOR_COOKIE
+from gateway.identity.cookies import CLICK_COOKIE, TTP_COOKIE, VISITOR_COOKIE
 from gateway.settings import Settings
+from gateway.store import keys
 from tests.ingest_support import (
     EMAIL,
     PHONE,

@@ -11,11 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.appkeys import SETTINGS, SIGNER
-from gateway.cookies import CLICK_COOKIE, TTP_COOKIE, VISITOR_COOKIE
+from gateway.identity.cookies import CLICK_COOKIE, TTP_COOKIE, VISITOR_COOKIE
 from gateway.settings import Settings
+from gateway.store import keys
 from tests.ingest_support import (
     EMAIL,
     EMAIL_HASH,

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway import keys
 from gateway.settings import Settings
-from gateway.tiktok_spec import DefaultLimits, validate_body
+from gateway.store import keys
+from gateway.tiktok.spec import DefaultLimits, validate_body
 from tests.ingest_support import GatewayFactory, make_gateway, queued, track
 
 json_values = st.recursive(

@@ -4,7 +4,7 @@ import re
 
 from redis.crc import key_slot
 
-from gateway import keys
+from gateway.store import keys
 
 PIXEL, EVENT, EVENT_ID = "CXXXXXXXXXXXXXXXXXX0", "Purchase", "ord_84213"
 

@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.metrics import event_label, field_label
+from gateway.operate.metrics import event_label, field_label
 from gateway.settings import Settings
-from gateway.tiktok_spec import ACCEPTED_EVENTS
+from gateway.tiktok.spec import ACCEPTED_EVENTS
 from tests.ingest_support import EMAIL, track
 
 Client = TestClient  # type: ignore[type-arg]

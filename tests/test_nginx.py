@@ -35,9 +35,9 @@ from multidict import CIMultiDictProxy
 from redis.asyncio import Redis
 from yarl import URL
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.store import keys
 from tests.ingest_support import queued, track
 from tests.nginx_support import (
     NGINX_DIR,

@@ -18,14 +18,14 @@ from redis.asyncio import Redis
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from gateway import keys
-from gateway.admin import create_admin_app
 from gateway.app import create_app
 from gateway.appkeys import SETTINGS
-from gateway.delivery import Pauses
+from gateway.delivery.client import Answer, Verdict
+from gateway.delivery.worker import Pauses
+from gateway.operate.admin import create_admin_app
+from gateway.operate.stats import count_coverage
 from gateway.settings import Settings
-from gateway.stats import count_coverage
-from gateway.tiktok import Answer, Verdict
+from gateway.store import keys
 from tests.delivery_support import (
     PIXEL,
     delivery_env,
@@ -39,7 +39,7 @@ MakeSettings = Callable[..., Settings]
 Json = dict[str, Any]
 
 PREFIX = "/v1/admin"
-RAW = (files("gateway") / "admin_openapi.json").read_bytes()
+RAW = (files("gateway.operate") / "admin_openapi.json").read_bytes()
 DOC: Json = orjson.loads(RAW)
 DOC_URI = "urn:ttgw:admin-openapi"
 REGISTRY: Registry[Any] = Registry().with_resource(DOC_URI, DRAFT202012.create_resource(DOC))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from redis.asyncio.connection import Connection
 
-from gateway.connections import make_redis
-from gateway.packing import HiredisPacking, pack_in_c
+from gateway.store.connections import make_redis
+from gateway.store.packing import HiredisPacking, pack_in_c
 
 ARGS: list[tuple[object, ...]] = [
     ("SET", "k", "v"),

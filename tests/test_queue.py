@@ -7,9 +7,9 @@ import time
 
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.queue import IngestQueue, Outgoing, Status
-from gateway.receipts import receipts_for
+from gateway.delivery.receipts import receipts_for
+from gateway.ingest.enqueue import IngestQueue, Outgoing, Status
+from gateway.store import keys
 
 PIXEL = "CQUEUETEST0000000001"
 DAY_S = 86400

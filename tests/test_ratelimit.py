@@ -21,9 +21,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from gateway import keys
-from gateway.embedded import EmbeddedRedisError, find_redis_server
-from gateway.ratelimit import THROTTLE_MAX_FACTOR, THROTTLE_TTL_S, RateLimit, RateLimiter
+from gateway.delivery.ratelimit import THROTTLE_MAX_FACTOR, THROTTLE_TTL_S, RateLimit, RateLimiter
+from gateway.store import keys
+from gateway.store.embedded import EmbeddedRedisError, find_redis_server
 from tests.support import REQUIRE_BINARIES, free_port, wait_for_port
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"

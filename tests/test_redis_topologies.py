@@ -17,10 +17,10 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.connections import make_redis
-from gateway.receipts import counters
-from gateway.replay import dead_letters, replay
+from gateway.delivery.receipts import counters
+from gateway.delivery.replay import dead_letters, replay
 from gateway.settings import Settings
+from gateway.store.connections import make_redis
 from tests.delivery_support import PIXEL, delivery_env, running_emulator, running_worker, wait_until
 from tests.support import free_port, require_binary, wait_for_port
 
@@ -162,7 +162,7 @@ async def test_everything_runs_on_redis_cluster(
         # dead letters and replay on Cluster too
         redis = make_redis(cluster_url)
         try:
-            from gateway.queue import IngestQueue, Outgoing
+            from gateway.ingest.enqueue import IngestQueue, Outgoing
             from tests.delivery_support import event_data
 
             old = Outgoing(

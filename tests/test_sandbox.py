@@ -6,10 +6,10 @@ import time
 import orjson
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.connections import make_redis
-from gateway.sandbox import Sandbox
+from gateway.delivery.sandbox import Sandbox
 from gateway.settings import SANDBOX_PIXEL_CODE
+from gateway.store import keys
+from gateway.store.connections import make_redis
 
 NOW = time.time()
 

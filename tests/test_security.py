@@ -30,18 +30,19 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway import cors, keys
-from gateway.admin import create_admin_app
 from gateway.app import REQUEST_ID_HEADER, create_app
 from gateway.appkeys import SIGNER
-from gateway.cookies import (
+from gateway.identity.cookies import (
     CLICK_COOKIE,
     COOKIE_MAX_AGE_S,
     TTP_COOKIE,
     VISITOR_COOKIE,
     CookieSigner,
 )
+from gateway.ingest import cors
+from gateway.operate.admin import create_admin_app
 from gateway.settings import Settings
+from gateway.store import keys
 from tests.delivery_support import (
     PIXEL,
     TOKEN,

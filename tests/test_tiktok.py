@@ -15,11 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway import keys
-from gateway.connections import RedisOptions, make_redis
-from gateway.emulator import EmulatorConfig, EmulatorState, Outcome, Script, serve_emulator
-from gateway.sandbox import Sandbox
-from gateway.tiktok import (
+from gateway.delivery.client import (
     ENVELOPE_MAX_BYTES,
     PARTNER_NAME,
     Answer,
@@ -34,7 +30,11 @@ from gateway.tiktok import (
     envelope_size,
     event_problem,
 )
-from gateway.tiktok_spec import DefaultLimits, validate_body
+from gateway.delivery.sandbox import Sandbox
+from gateway.store import keys
+from gateway.store.connections import RedisOptions, make_redis
+from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, Outcome, Script, serve_emulator
+from gateway.tiktok.spec import DefaultLimits, validate_body
 from tests.support import free_port
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"

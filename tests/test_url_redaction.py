@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway.identity import REDACTED_SEGMENT, redact_url
-from gateway.ingest import click_from_page
-from gateway.landing import click_from_uri
+from gateway.identity.normalize import REDACTED_SEGMENT, redact_url
+from gateway.ingest.build import click_from_page
+from gateway.ingest.landing import click_from_uri
 from gateway.settings import Settings
 from tests.ingest_support import TTCLID, GatewayFactory, make_gateway, queued, track
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.emulator import Outcome, Script
-from gateway.receipts import counters
+from gateway.delivery.receipts import counters
+from gateway.store import keys
+from gateway.tiktok.emulator import Outcome, Script
 from tests.delivery_support import PIXEL, delivery_env, enqueue, running_emulator, wait_until
 from tests.process_support import Processes, exited
 

@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.delivery import Worker, make_routes
-from gateway.emulator import AcceptedEvent
-from gateway.ratelimit import RateLimit, RateLimiter
-from gateway.receipts import counters
+from gateway.delivery.ratelimit import RateLimit, RateLimiter
+from gateway.delivery.receipts import counters
+from gateway.delivery.worker import Worker, make_routes
 from gateway.settings import Settings
+from gateway.store import keys
+from gateway.tiktok.emulator import AcceptedEvent
 from tests.delivery_support import (
     TOKEN,
     delivery_env,

@@ -21,13 +21,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import keys
 from gateway.appkeys import COALESCER, INGEST, INTEGRATIONS, SETTINGS, SIGNER, VISITORS
-from gateway.browser import BrowserRequest, read_browser, set_cookie_headers
-from gateway.connections import REDIS_ERRORS
-from gateway.consent import decide
-from gateway.cors import allowed_origin, cors_headers, preflight, refuse
-from gateway.events import (
+from gateway.identity.consent import decide
+from gateway.identity.visitors import Click, LinkSource, Session, StitchRequest
+from gateway.ingest.browser import BrowserRequest, read_browser, set_cookie_headers
+from gateway.ingest.build import HashedUser, Origin, build_event, click_from_page, encode, hash_user
+from gateway.ingest.cors import allowed_origin, cors_headers, preflight, refuse
+from gateway.ingest.enqueue import Outgoing, QueueFull, Status
+from gateway.ingest.envelope import (
     Envelope,
     EventType,
     FieldError,
@@ -36,9 +37,8 @@ from gateway.events import (
     parse_event,
     split_batch,
 )
-from gateway.ingest import HashedUser, Origin, build_event, click_from_page, encode, hash_user
 from gateway.logs import get_logger
-from gateway.metrics import (
+from gateway.operate.metrics import (
     CLICKS_CAPTURED,
     EVENTS_INGESTED,
     EVENTS_REJECTED,
@@ -47,10 +47,10 @@ from gateway.metrics import (
     event_label,
     field_label,
 )
-from gateway.queue import Outgoing, QueueFull, Status
+from gateway.operate.stats import WARNING_PREFIX, present_keys
 from gateway.settings import Integration
-from gateway.stats import WARNING_PREFIX, present_keys
-from gateway.visitors import Click, LinkSource, Session, StitchRequest
+from gateway.store import keys
+from gateway.store.connections import REDIS_ERRORS
 
 log = get_logger("gateway.collect")
 

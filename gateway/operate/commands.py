@@ -12,12 +12,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.connections import RedisClient, make_redis
-from gateway.delivery import http_session, make_routes
+from gateway.delivery.client import build_body
+from gateway.delivery.replay import dead_letters, replay
+from gateway.delivery.worker import http_session, make_routes
 from gateway.integrations import Integrations, IntegrationStore, TokenBox
-from gateway.replay import dead_letters, replay
 from gateway.settings import Integration, Settings, SettingsError
-from gateway.tiktok import build_body
+from gateway.store.connections import RedisClient, make_redis
 
 
 def parse_time(value: str | None, option: str) -> int | None:

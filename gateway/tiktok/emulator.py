@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.tiktok_spec import (
+from gateway.tiktok.spec import (
     API_PREFIX,
     DEDUP_WINDOW_S,
     DEFAULT_MESSAGES,

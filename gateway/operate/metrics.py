@@ -14,10 +14,10 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from gateway import keys
 from gateway.appkeys import REDIS
-from gateway.connections import REDIS_ERRORS, RedisClient
-from gateway.tiktok_spec import ACCEPTED_EVENTS
+from gateway.store import keys
+from gateway.store.connections import REDIS_ERRORS, RedisClient
+from gateway.tiktok.spec import ACCEPTED_EVENTS
 
 CUSTOM_EVENT_LABEL = "custom"
 _INDEX_RE = re.compile(r"\[[0-9]+\]")

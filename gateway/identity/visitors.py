@@ -39,8 +39,8 @@ from typing import Any
 
 import orjson
 
-from gateway import keys
-from gateway.connections import Lua, LuaCall, RedisClient, RunCalls, eval_many
+from gateway.store import keys
+from gateway.store.connections import Lua, LuaCall, RedisClient, RunCalls, eval_many
 
 LINK_KINDS = ("user_id", "email", "phone")  # lookup order for server events: most specific first
 LINK_KEEP = 20  # visitors remembered per identifier and provenance

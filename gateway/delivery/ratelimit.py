@@ -27,8 +27,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from gateway import keys
-from gateway.connections import Lua, RedisClient, eval_many
+from gateway.store import keys
+from gateway.store.connections import Lua, RedisClient, eval_many
 
 THROTTLE_MULTIPLIER = 2.0  # per throttling answer from TikTok
 THROTTLE_MAX_FACTOR = 64.0

@@ -17,9 +17,9 @@ from typing import Any, cast
 
 import orjson
 
-from gateway import keys
-from gateway.connections import RedisClient
-from gateway.tiktok_spec import MSG_OK, DefaultLimits, Limits, new_request_id, validate_body
+from gateway.store import keys
+from gateway.store.connections import RedisClient
+from gateway.tiktok.spec import MSG_OK, DefaultLimits, Limits, new_request_id, validate_body
 
 
 @dataclass(frozen=True, slots=True)

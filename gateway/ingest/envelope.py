@@ -42,9 +42,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from yarl import URL
 
-from gateway.cookies import strip_pixel_click_suffix, ttclid_problem, ttp_problem
-from gateway.identity import redact_url
-from gateway.tiktok_spec import (
+from gateway.identity.cookies import strip_pixel_click_suffix, ttclid_problem, ttp_problem
+from gateway.identity.normalize import redact_url
+from gateway.tiktok.spec import (
     ACCEPTED_EVENTS,
     PAGEVIEW,
     RESERVED_TARGETS,

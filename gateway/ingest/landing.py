@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gateway.appkeys import SETTINGS, SIGNER, VISITORS
-from gateway.browser import read_browser, set_cookie_headers
-from gateway.identity import redact_url
-from gateway.ingest import click_from_query
+from gateway.identity.normalize import redact_url
+from gateway.identity.visitors import Click, StitchRequest
+from gateway.ingest.browser import read_browser, set_cookie_headers
+from gateway.ingest.build import click_from_query
 from gateway.logs import get_logger
-from gateway.metrics import CLICKS_CAPTURED
-from gateway.visitors import Click, StitchRequest
+from gateway.operate.metrics import CLICKS_CAPTURED
 
 log = get_logger("gateway.landing")
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import cast
 
-from gateway import keys
-from gateway.connections import Lua, LuaCall, RedisClient, eval_many
-from gateway.tiktok_spec import canonical_event
+from gateway.store import keys
+from gateway.store.connections import Lua, LuaCall, RedisClient, eval_many
+from gateway.tiktok.spec import canonical_event
 
 _REPLAY = Lua("""
 -- KEYS: dead stream, events stream, counters; ARGV: dead id, now ms, prefix of receipts

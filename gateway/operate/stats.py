@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from gateway import keys
-from gateway.connections import Lua, LuaCall, RedisClient, eval_many
+from gateway.store import keys
+from gateway.store.connections import Lua, LuaCall, RedisClient, eval_many
 
 _INCREMENT = Lua("""
 -- KEYS: a counters hash; ARGV: ttl s, then field/increment pairs

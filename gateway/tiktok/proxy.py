@@ -28,7 +28,7 @@ from multidict import CIMultiDict, MultiDictProxy
 from prometheus_client import Counter
 from yarl import URL
 
-from gateway.forwarded import client_ip, forwarded_proto
+from gateway.ingest.forwarded import client_ip, forwarded_proto
 from gateway.logs import get_logger
 from gateway.settings import IPNetwork
 

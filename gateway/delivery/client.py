@@ -20,11 +20,11 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from gateway import keys
-from gateway.connections import REDIS_ERRORS
+from gateway.delivery.sandbox import Sandbox
 from gateway.logs import get_logger
-from gateway.sandbox import Sandbox
-from gateway.tiktok_spec import API_PREFIX, TRACK_PATH, DefaultLimits, validate_body
+from gateway.store import keys
+from gateway.store.connections import REDIS_ERRORS
+from gateway.tiktok.spec import API_PREFIX, TRACK_PATH, DefaultLimits, validate_body
 
 PARTNER_NAME = "TikTokGateway"
 # The envelope around data[] with a 20-character pixel, the partner name and a test code of up to

@@ -15,12 +15,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from gateway import identity
-from gateway.consent import ConsentDecision
-from gateway.cookies import read_ttclid, strip_pixel_click_suffix
-from gateway.events import Envelope, FieldWarning
-from gateway.metrics import IDENTIFIERS_DROPPED
-from gateway.visitors import Click, Session
+from gateway.identity import normalize
+from gateway.identity.consent import ConsentDecision
+from gateway.identity.cookies import read_ttclid, strip_pixel_click_suffix
+from gateway.identity.visitors import Click, Session
+from gateway.ingest.envelope import Envelope, FieldWarning
+from gateway.operate.metrics import IDENTIFIERS_DROPPED
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
@@ -76,11 +76,11 @@ def hash_user(envelope: Envelope, default_region: str | None) -> HashedUser:
     """Normalize and hash every identifier of ``envelope``; invalid ones are dropped, counted
     and said (``warnings``): never hashed as they are, never stored raw."""
     user = envelope.user
-    region = identity.normalize_region(user.country) or default_region
+    region = normalize.normalize_region(user.country) or default_region
     notes: list[FieldWarning] = []
-    user_id_hash = identity.hash_external_id(envelope.user_id) if envelope.user_id else None
+    user_id_hash = normalize.hash_external_id(envelope.user_id) if envelope.user_id else None
     external = list(
-        _hashed_all(user.external_ids, identity.hash_external_id, "external_id", "is empty", notes)
+        _hashed_all(user.external_ids, normalize.hash_external_id, "external_id", "is empty", notes)
     )
     if user_id_hash and user_id_hash not in external:
         external.insert(0, user_id_hash)
@@ -92,16 +92,16 @@ def hash_user(envelope: Envelope, default_region: str | None) -> HashedUser:
     )
     return HashedUser(
         emails=_hashed_all(
-            user.emails, identity.hash_email, "email", "is not an e-mail address", notes
+            user.emails, normalize.hash_email, "email", "is not an e-mail address", notes
         ),
         phones=_hashed_all(
-            user.phones, lambda raw: identity.hash_phone(raw, region), "phone", phone_why, notes
+            user.phones, lambda raw: normalize.hash_phone(raw, region), "phone", phone_why, notes
         ),
         external_ids=tuple(external),
         warnings=tuple(notes),
-        first_name=identity.hash_name(user.first_name) if user.first_name else None,
-        last_name=identity.hash_name(user.last_name) if user.last_name else None,
-        zip_code=identity.hash_zip(user.zip_code) if user.zip_code else None,
+        first_name=normalize.hash_name(user.first_name) if user.first_name else None,
+        last_name=normalize.hash_name(user.last_name) if user.last_name else None,
+        zip_code=normalize.hash_zip(user.zip_code) if user.zip_code else None,
         user_id_hash=user_id_hash,
     )
 
@@ -156,7 +156,7 @@ def build_event(
     if decision.keep_personal_data:
         external = list(hashed.external_ids)
         if not external and session.visitor_id:
-            external = [identity.sha256_hex(session.visitor_id)]
+            external = [normalize.sha256_hex(session.visitor_id)]
         for key, values in (("email", hashed.emails), ("phone", hashed.phones),
                             ("external_id", external)):  # fmt: skip
             if values:
@@ -182,7 +182,7 @@ def build_event(
         if value:
             user[key] = value
     for key, raw in (("country", given.country), ("city", given.city), ("state", given.state)):
-        place = identity.normalize_place(raw) if raw else None
+        place = normalize.normalize_place(raw) if raw else None
         if place:
             user[key] = place
     page = {"url": envelope.page_url or session.page_url or f"https://{origin.host}/"}

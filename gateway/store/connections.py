@@ -42,8 +42,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import keys
-from gateway.packing import pack_in_c
+from gateway.store import keys
+from gateway.store.packing import pack_in_c
 
 RedisClient: TypeAlias = Redis | RedisCluster
 # what a Redis outage raises: the client's errors, Cluster's own (not a RedisError), sockets

@@ -63,7 +63,7 @@ class Assets:
     @classmethod
     def load(cls) -> Assets:
         """Read the files shipped in the package."""
-        folder = files("gateway") / "dashboard"
+        folder = files("gateway.operate") / "dashboard"
         loaded = {}
         for name, content_type in cls.TYPES.items():
             body = (folder / name).read_bytes()

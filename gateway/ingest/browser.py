@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway import keys
-from gateway.cookies import (
+from gateway.identity.cookies import (
     CLICK_COOKIE,
     TTP_COOKIE,
     VISITOR_COOKIE,
@@ -23,9 +22,10 @@ from gateway.cookies import (
     read_ttp,
     set_cookie_header,
 )
-from gateway.forwarded import client_ip, forwarded_proto
+from gateway.identity.visitors import Click
+from gateway.ingest.forwarded import client_ip, forwarded_proto
 from gateway.settings import Settings
-from gateway.visitors import Click
+from gateway.store import keys
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from typing import Any, cast
 
 import orjson
 
-from gateway import keys
-from gateway.connections import RedisClient
+from gateway.store import keys
+from gateway.store.connections import RedisClient
 
 INTEGER_FIELDS = (
     "received_ms", "attempts", "first_try_ms", "last_try_ms", "delivered_ms", "dead_ms",

@@ -24,7 +24,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from gateway.keys import COOKIE_MAX_AGE_S
+from gateway.store.keys import COOKIE_MAX_AGE_S
 
 VISITOR_COOKIE = "_ttgw"
 TTP_COOKIE = "_ttp"

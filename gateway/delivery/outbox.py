@@ -28,8 +28,8 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import ResponseError
 
-from gateway import keys
-from gateway.connections import Lua, LuaCall, RedisClient, eval_many
+from gateway.store import keys
+from gateway.store.connections import Lua, LuaCall, RedisClient, eval_many
 
 _DELIVERED = Lua("""
 -- KEYS: stream, counters, then each entry's sent marker and receipt

@@ -21,16 +21,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from gateway import keys
 from gateway.appkeys import HTTP, INTEGRATIONS, REDIS, SETTINGS, STORE
-from gateway.commands import parse_time, send_test_event
-from gateway.connections import REDIS_ERRORS
+from gateway.delivery.receipts import counters, decode_receipt, receipts_for
+from gateway.delivery.replay import dead_letters, replay
 from gateway.integrations import token_hint
-from gateway.receipts import counters, decode_receipt, receipts_for
-from gateway.replay import dead_letters, replay
+from gateway.operate.commands import parse_time, send_test_event
+from gateway.operate.stats import coverage, drop_alerts, flow, warnings_by_field
 from gateway.settings import CONSENT_CATEGORIES, SANDBOX_PIXEL_CODE, Integration, SettingsError
-from gateway.stats import coverage, drop_alerts, flow, warnings_by_field
-from gateway.tiktok_spec import canonical_event, event_name_problem
+from gateway.store import keys
+from gateway.store.connections import REDIS_ERRORS
+from gateway.tiktok.spec import canonical_event, event_name_problem
 
 PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
 HOST_RE = re.compile(r"^(?!-)[a-z0-9.-]{1,253}$")
@@ -472,7 +472,7 @@ async def test_event(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document of this API."""
     return web.Response(
-        body=(files("gateway") / "admin_openapi.json").read_bytes(),
+        body=(files("gateway.operate") / "admin_openapi.json").read_bytes(),
         content_type="application/json",
     )
 

@@ -33,11 +33,10 @@ from urllib.parse import urlsplit
 import orjson
 from redis.exceptions import ResponseError
 
-from gateway import keys
-from gateway.connections import REDIS_ERRORS, RedisClient, RedisOptions, make_redis
-from gateway.delivery import http_session, make_routes
+from gateway.delivery.client import Answer, Verdict, build_body
+from gateway.delivery.worker import http_session, make_routes
 from gateway.integrations import Integrations
-from gateway.itp import (
+from gateway.operate.itp import (
     IPV4_PREFIX_BITS,
     IPV6_PREFIX_BITS,
     Resolution,
@@ -51,7 +50,8 @@ from gateway.itp import (
     split_families,
 )
 from gateway.settings import Integration, Settings, SettingsError, cookie_domain_problem
-from gateway.tiktok import Answer, Verdict, build_body
+from gateway.store import keys
+from gateway.store.connections import REDIS_ERRORS, RedisClient, RedisOptions, make_redis
 
 # The gateway.itp names here are re-exported: callers of doctor pass resolvers and host pairs.
 __all__ = [
