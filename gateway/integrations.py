@@ -28,9 +28,10 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.ingest.envelope import NameTable
+from gateway.config import Integration
+from gateway.ingest.names import NameTable
 from gateway.logs import get_logger
-from gateway.settings import SANDBOX_PIXEL_CODE, Integration, Settings
+from gateway.settings import SANDBOX_PIXEL_CODE, Settings
 from gateway.store import keys
 from gateway.store.connections import RedisClient
 

@@ -19,20 +19,18 @@ from hypothesis import strategies as st
 from gateway.ingest.envelope import (
     CONSENT_KEYS,
     FORBIDDEN_FIELDS,
-    MAX_CONTENTS,
     MAX_EVENTS,
-    SEGMENT_NAMES,
     Envelope,
     EventType,
-    FieldError,
-    NameTable,
     derive_event_id,
     parse_event,
-    parse_properties,
-    parse_timestamp,
     split_batch,
 )
-from gateway.tiktok.spec import (
+from gateway.ingest.fields import FieldError
+from gateway.ingest.names import SEGMENT_NAMES, NameTable
+from gateway.ingest.properties import MAX_CONTENTS, parse_properties
+from gateway.ingest.timestamps import parse_timestamp
+from gateway.tiktok.names import (
     ACCEPTED_EVENTS,
     LEGACY_EVENTS,
     PAGEVIEW,
@@ -40,9 +38,8 @@ from gateway.tiktok.spec import (
     RESERVED_TARGETS,
     STANDARD_EVENTS,
     SUPPORTED_CURRENCIES,
-    DefaultLimits,
-    validate_body,
 )
+from gateway.tiktok.validation import DefaultLimits, validate_body
 
 NOW = 1_781_430_082.0  # 2026-06-14T09:41:22Z
 MAX_AGE = 7 * 86400

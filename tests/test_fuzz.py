@@ -31,8 +31,10 @@ from gateway.identity.consent import decide
 from gateway.identity.cookies import CLICK_COOKIE, TTP_COOKIE, VISITOR_COOKIE
 from gateway.identity.visitors import Session
 from gateway.ingest.build import Origin, build_event, click_from_page, encode, hash_user
-from gateway.ingest.envelope import FieldError, NameTable, derive_event_id, parse_event, split_batch
-from gateway.operate.admin import PIXEL_RE
+from gateway.ingest.envelope import derive_event_id, parse_event, split_batch
+from gateway.ingest.fields import FieldError
+from gateway.ingest.names import NameTable
+from gateway.operate.admin_integrations import PIXEL_RE
 from gateway.settings import Settings
 from tests.delivery_support import running_emulator
 from tests.ingest_support import TTCLID, queued, track

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.identity import normalize
 from gateway.identity.normalize import (
     MAX_EMAIL_CHARS,
     as_sha256,
@@ -30,6 +29,7 @@ from gateway.identity.normalize import (
     normalize_region,
     sha256_hex,
 )
+from gateway.identity.redaction import redact_url
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -453,4 +453,4 @@ def test_as_sha256_round_trips_sha256_hex(raw: str) -> None:
     ],
 )  # fmt: skip
 def test_redact_url_removes_contact_data(url: str, expected: str) -> None:
-    assert normalize.redact_url(url) == expected
+    assert redact_url(url) == expected

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway.identity.normalize import REDACTED_SEGMENT, redact_url
+from gateway.identity.redaction import REDACTED_SEGMENT, redact_url
 from gateway.ingest.build import click_from_page
 from gateway.ingest.landing import click_from_uri
 from gateway.settings import Settings

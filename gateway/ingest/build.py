@@ -19,7 +19,8 @@ from gateway.identity import normalize
 from gateway.identity.consent import ConsentDecision
 from gateway.identity.cookies import read_ttclid, strip_pixel_click_suffix
 from gateway.identity.visitors import Click, Session
-from gateway.ingest.envelope import Envelope, FieldWarning
+from gateway.ingest.envelope import Envelope
+from gateway.ingest.fields import FieldWarning
 from gateway.operate.metrics import IDENTIFIERS_DROPPED
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gateway.appkeys import SETTINGS, SIGNER, VISITORS
-from gateway.identity.normalize import redact_url
+from gateway.identity.redaction import redact_url
 from gateway.identity.visitors import Click, StitchRequest
 from gateway.ingest.browser import read_browser, set_cookie_headers
 from gateway.ingest.build import click_from_query

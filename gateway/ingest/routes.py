@@ -22,21 +22,15 @@ import orjson
 from aiohttp import web
 
 from gateway.appkeys import COALESCER, INGEST, INTEGRATIONS, SETTINGS, SIGNER, VISITORS
+from gateway.config import Integration
 from gateway.identity.consent import decide
 from gateway.identity.visitors import Click, LinkSource, Session, StitchRequest
 from gateway.ingest.browser import BrowserRequest, read_browser, set_cookie_headers
 from gateway.ingest.build import HashedUser, Origin, build_event, click_from_page, encode, hash_user
 from gateway.ingest.cors import allowed_origin, cors_headers, preflight, refuse
 from gateway.ingest.enqueue import Outgoing, QueueFull, Status
-from gateway.ingest.envelope import (
-    Envelope,
-    EventType,
-    FieldError,
-    FieldWarning,
-    derive_event_id,
-    parse_event,
-    split_batch,
-)
+from gateway.ingest.envelope import Envelope, EventType, derive_event_id, parse_event, split_batch
+from gateway.ingest.fields import FieldError, FieldWarning
 from gateway.logs import get_logger
 from gateway.operate.metrics import (
     CLICKS_CAPTURED,
@@ -48,7 +42,6 @@ from gateway.operate.metrics import (
     field_label,
 )
 from gateway.operate.stats import WARNING_PREFIX, present_keys
-from gateway.settings import Integration
 from gateway.store import keys
 from gateway.store.connections import REDIS_ERRORS
 
