@@ -36,7 +36,8 @@ from harness import LOOPBACK, PIXEL, TOKEN, Report, Table, Workspace, stage, tex
 
 from gateway.delivery.client import build_body
 from gateway.store import keys
-from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
+from gateway.tiktok.emulator import api_base_url, serve_emulator
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState
 from tests.delivery_support import enqueue, event_data
 
 LATENCY_MS = 20.0

@@ -41,7 +41,8 @@ from harness import (
     wrk_path,
 )
 
-from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
+from gateway.tiktok.emulator import api_base_url, serve_emulator
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState
 from tests.delivery_support import enqueue
 
 VARIANT = [sys.executable, str(BENCH / "gateway_variant.py")]

@@ -45,7 +45,8 @@ from harness import (
 from redis.asyncio import Redis
 
 from gateway.store import keys
-from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, api_base_url, serve_emulator
+from gateway.tiktok.emulator import api_base_url, serve_emulator
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState
 from tests.delivery_support import enqueue
 
 PIXEL_A = "CAAAAAAAAAAAAAAAAAA0"

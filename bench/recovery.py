@@ -32,14 +32,8 @@ from harness import LOOPBACK, PIXEL, TOKEN, Report, Table, Workspace, free_port,
 from redis.asyncio import Redis
 
 from gateway.store import keys
-from gateway.tiktok.emulator import (
-    EmulatorConfig,
-    EmulatorState,
-    Outcome,
-    Script,
-    api_base_url,
-    serve_emulator,
-)
+from gateway.tiktok.emulator import api_base_url, serve_emulator
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState, Outcome, Script
 from tests.delivery_support import enqueue
 
 INGEST_RPS = 200.0

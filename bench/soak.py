@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.store import keys
-from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, Outcome, Script, serve_emulator
+from gateway.tiktok.emulator import serve_emulator
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState, Outcome, Script
 
 PIXEL = "CSOAKSOAKSOAKSOAKSO0"
 TOKEN = "soak-emulator-token-0001"

@@ -43,7 +43,8 @@ from gateway.operate.stats import stats_calls
 from gateway.settings import Settings
 from gateway.store import keys
 from gateway.store.connections import REDIS_ERRORS, Coalescer, RedisOptions, make_redis
-from gateway.tiktok.proxy import PREFIX, ProxyConfig, create_proxy_app
+from gateway.tiktok.proxy import ProxyConfig, create_proxy_app
+from gateway.tiktok.proxy_rules import PREFIX
 
 __all__ = ["HTTP", "REDIS", "SETTINGS", "create_app"]
 

@@ -246,7 +246,8 @@ async def _serve(settings: Settings, *, web_server: bool, worker: bool) -> int:
 
 
 def _run_emulator(args: argparse.Namespace) -> None:
-    from gateway.tiktok.emulator import EmulatorConfig, parse_token_spec, run_emulator
+    from gateway.tiktok.emulator import parse_token_spec, run_emulator
+    from gateway.tiktok.emulator_state import EmulatorConfig
 
     tokens: dict[str, set[str] | None] = {}
     for spec in args.token:

@@ -18,7 +18,7 @@ from gateway.settings import (
     _hostname,
     _pixel,
 )
-from gateway.tiktok.spec import event_name_problem
+from gateway.tiktok.names import event_name_problem
 
 __all__ = ["integrations_from_toml"]
 

@@ -19,7 +19,8 @@ from gateway.ingest.enqueue import IngestQueue, Outgoing
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.settings import Settings
 from gateway.store.connections import make_redis
-from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, serve_emulator
+from gateway.tiktok.emulator import serve_emulator
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"
 TOKEN = "emulator-token-0001"

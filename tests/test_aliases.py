@@ -21,7 +21,7 @@ from gateway.delivery.replay import dead_letters
 from gateway.ingest.enqueue import IngestQueue, Outgoing, Status
 from gateway.settings import Settings
 from gateway.store import keys
-from gateway.tiktok.spec import (
+from gateway.tiktok.names import (
     ACCEPTED_EVENTS,
     LEGACY_EVENTS,
     RESERVED_TARGETS,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from gateway.settings import Settings
-from gateway.tiktok.emulator import AcceptedEvent
+from gateway.tiktok.emulator_state import AcceptedEvent
 from tests.browser_support import chromium, sent, sha, storefront_stack
 
 MakeSettings = Callable[..., Settings]

@@ -12,7 +12,7 @@ from gateway.delivery.receipts import counters, receipts_for
 from gateway.delivery.replay import dead_letters, replay
 from gateway.settings import Settings
 from gateway.store import keys
-from gateway.tiktok.emulator import Outcome, Script
+from gateway.tiktok.emulator_state import Outcome, Script
 from tests.delivery_support import (
     PIXEL,
     TOKEN,

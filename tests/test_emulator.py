@@ -20,26 +20,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
 
+from gateway.tiktok.api import MSG_BAD_EVENT_ID, MSG_BAD_EVENT_SOURCE, TRACK_PATH
 from gateway.tiktok.emulator import (
-    EmulatorConfig,
-    EmulatorState,
-    Outcome,
-    Script,
     api_base_url,
     create_emulator_app,
     parse_token_spec,
     serve_emulator,
 )
-from gateway.tiktok.spec import (
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState, Outcome, Script
+from gateway.tiktok.names import (
     LEGACY_EVENTS,
-    MSG_BAD_EVENT_ID,
-    MSG_BAD_EVENT_SOURCE,
     RESERVED_EVENTS,
     STANDARD_EVENTS,
     SUPPORTED_CURRENCIES,
-    TRACK_PATH,
-    validate_body,
 )
+from gateway.tiktok.validation import validate_body
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"
 OTHER_PIXEL = "CYYYYYYYYYYYYYYYYYY1"

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from gateway.settings import Settings
 from gateway.store import keys
-from gateway.tiktok.spec import DefaultLimits, validate_body
+from gateway.tiktok.validation import DefaultLimits, validate_body
 from tests.ingest_support import GatewayFactory, make_gateway, queued, track
 
 json_values = st.recursive(

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.operate.metrics import event_label, field_label
 from gateway.settings import Settings
-from gateway.tiktok.spec import ACCEPTED_EVENTS
+from gateway.tiktok.names import ACCEPTED_EVENTS
 from tests.ingest_support import EMAIL, track
 
 Client = TestClient  # type: ignore[type-arg]

@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from gateway.tiktok.proxy import PREFIX, ProxyConfig, ScriptCache, UpstreamAnswer, create_proxy_app
+from gateway.tiktok.proxy import ProxyConfig, ScriptCache, UpstreamAnswer, create_proxy_app
+from gateway.tiktok.proxy_rules import PREFIX
 from tests.support import free_port
 
 TIMEOUT_S = 0.5

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from gateway.delivery.receipts import counters
 from gateway.store import keys
 from gateway.store.connections import make_redis
-from gateway.tiktok.emulator import Outcome, Script
+from gateway.tiktok.emulator_state import Outcome, Script
 from tests.delivery_support import Emulator, delivery_env, enqueue, running_emulator, wait_until
 from tests.process_support import Processes, exited
 from tests.support import free_port, redis_server_args, require_binary, wait_for_port

@@ -33,8 +33,9 @@ from gateway.delivery.client import (
 from gateway.delivery.sandbox import Sandbox
 from gateway.store import keys
 from gateway.store.connections import RedisOptions, make_redis
-from gateway.tiktok.emulator import EmulatorConfig, EmulatorState, Outcome, Script, serve_emulator
-from gateway.tiktok.spec import DefaultLimits, validate_body
+from gateway.tiktok.emulator import serve_emulator
+from gateway.tiktok.emulator_state import EmulatorConfig, EmulatorState, Outcome, Script
+from gateway.tiktok.validation import DefaultLimits, validate_body
 from tests.support import free_port
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"

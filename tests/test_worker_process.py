@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from gateway.delivery.receipts import counters
 from gateway.store import keys
-from gateway.tiktok.emulator import Outcome, Script
+from gateway.tiktok.emulator_state import Outcome, Script
 from tests.delivery_support import PIXEL, delivery_env, enqueue, running_emulator, wait_until
 from tests.process_support import Processes, exited
 

@@ -19,7 +19,7 @@ from gateway.delivery.receipts import counters
 from gateway.delivery.worker import Worker, make_routes
 from gateway.settings import Settings
 from gateway.store import keys
-from gateway.tiktok.emulator import AcceptedEvent
+from gateway.tiktok.emulator_state import AcceptedEvent
 from tests.delivery_support import (
     TOKEN,
     delivery_env,

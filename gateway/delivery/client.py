@@ -24,7 +24,8 @@ from gateway.delivery.sandbox import Sandbox
 from gateway.logs import get_logger
 from gateway.store import keys
 from gateway.store.connections import REDIS_ERRORS
-from gateway.tiktok.spec import API_PREFIX, TRACK_PATH, DefaultLimits, validate_body
+from gateway.tiktok.api import API_PREFIX, TRACK_PATH
+from gateway.tiktok.validation import DefaultLimits, validate_body
 
 PARTNER_NAME = "TikTokGateway"
 # The envelope around data[] with a 20-character pixel, the partner name and a test code of up to

@@ -19,7 +19,7 @@ from typing import cast
 
 from gateway.store import keys
 from gateway.store.connections import Lua, LuaCall, RedisClient, eval_many
-from gateway.tiktok.spec import canonical_event
+from gateway.tiktok.names import canonical_event
 
 _REPLAY = Lua("""
 -- KEYS: dead stream, events stream, counters; ARGV: dead id, now ms, prefix of receipts

@@ -19,7 +19,8 @@ import orjson
 
 from gateway.store import keys
 from gateway.store.connections import RedisClient
-from gateway.tiktok.spec import MSG_OK, DefaultLimits, Limits, new_request_id, validate_body
+from gateway.tiktok.api import MSG_OK, new_request_id
+from gateway.tiktok.validation import DefaultLimits, Limits, validate_body
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from functools import partial
 
 from gateway.store import keys
 from gateway.store.connections import Lua, LuaCall, RedisClient, RunCalls, eval_many
-from gateway.tiktok.spec import canonical_event
+from gateway.tiktok.names import canonical_event
 
 # Shared by both ingest scripts. KEYS[1] is the receipt; the time-ordered receipt log and the
 # event_id index are named by the caller. A log entry past the retention leaves with its index

@@ -30,7 +30,7 @@ from gateway.operate.stats import coverage, drop_alerts, flow, warnings_by_field
 from gateway.settings import CONSENT_CATEGORIES, SANDBOX_PIXEL_CODE, Integration, SettingsError
 from gateway.store import keys
 from gateway.store.connections import REDIS_ERRORS
-from gateway.tiktok.spec import canonical_event, event_name_problem
+from gateway.tiktok.names import canonical_event, event_name_problem
 
 PIXEL_RE = re.compile(r"^[A-Z0-9]{10,40}$")
 HOST_RE = re.compile(r"^(?!-)[a-z0-9.-]{1,253}$")

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from gateway.appkeys import REDIS
 from gateway.store import keys
 from gateway.store.connections import REDIS_ERRORS, RedisClient
-from gateway.tiktok.spec import ACCEPTED_EVENTS
+from gateway.tiktok.names import ACCEPTED_EVENTS
 
 CUSTOM_EVENT_LABEL = "custom"
 _INDEX_RE = re.compile(r"\[[0-9]+\]")

@@ -1,8 +1,9 @@
-"""The contract of TikTok's Events API 2.0 ``/event/track/``: names, limits and a strict validator.
+"""A strict validator of ``/event/track/`` request bodies: what TikTok accepts, field by field.
 
 One definition of what TikTok accepts, from ``reference/tiktok-events-api.md``: the emulator answers
 with it, and the gateway checks every payload with it before sending (an event that cannot be valid
-is dead-lettered with the reason instead of poisoning a batch).
+is dead-lettered with the reason instead of poisoning a batch). Each check raises
+:class:`~gateway.tiktok.api.Rejected`; the first error wins, as TikTok reports one.
 """
 
 from __future__ import annotations
@@ -10,191 +11,21 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from yarl import URL
 
-API_PREFIX = "/open_api/v1.3/"
-TRACK_PATH = API_PREFIX + "event/track/"
-DEDUP_WINDOW_S = 48 * 3600
-MAX_EVENTS_PER_REQUEST = 1000
-
-MSG_OK = "OK"
-MSG_THROTTLED = "Too many requests. Please retry in some time."
-MSG_AUTH_MISSING = "Access token is null, you should set it in http header with key Access-Token."
-MSG_AUTH_REVOKED = "Access token is incorrect or has been revoked."
-MSG_INTERNAL = "Internal server error"
-MSG_BAD_EVENT_SOURCE = "Invalid value for event_source: must be web, app or offline."
-MSG_BAD_EVENT_ID = "Invalid value for event_id: not a valid string."
-
-# Messages for scripted CODE answers given without one; quoted texts come from the reference §4.2.
-DEFAULT_MESSAGES = {
-    0: MSG_OK,
-    20001: "Partially successful",
-    40000: "Invalid parameters",
-    40002: "Parameter error",
-    40016: "Requests made too frequently.",
-    40100: MSG_THROTTLED,
-    40104: MSG_AUTH_MISSING,
-    40105: MSG_AUTH_REVOKED,
-    40132: "The request QPS is limited by pixel_code's value.",
-    40133: "Advertiser's QPS reaches QPS limit.",
-    50000: MSG_INTERNAL,
-    50002: "Error processing request, please retry.",
-    51001: "Internal service timed out. Please retry in sometime.",
-    60001: "System in maintenance.",
-}
-
-STANDARD_EVENTS = frozenset(
-    {
-        "AddPaymentInfo",
-        "AddToCart",
-        "AddToWishlist",
-        "ApplicationApproval",
-        "CompleteRegistration",
-        "Contact",
-        "CustomizeProduct",
-        "Download",
-        "FindLocation",
-        "InitiateCheckout",
-        "Lead",
-        "Purchase",
-        "Schedule",
-        "Search",
-        "StartTrial",
-        "SubmitApplication",
-        "Subscribe",
-        "ViewContent",
-    }
+from gateway.tiktok.api import (
+    MAX_EVENTS_PER_REQUEST,
+    MSG_BAD_EVENT_ID,
+    MSG_BAD_EVENT_SOURCE,
+    Rejected,
+    Rejection,
 )
-LEGACY_EVENTS = frozenset({"ClickButton", "CompletePayment", "PlaceAnOrder", "SubmitForm"})
-PAGEVIEW = "Pageview"
-# Reserved names (reference §5): TikTok maps each to a standard event and refuses it as a custom
-# name. Ingest sends the target instead (``events.NameTable``).
-RESERVED_TARGETS: Mapping[str, str] = {
-    "AddBilling": "AddPaymentInfo",
-    "Browse": PAGEVIEW,
-    "Checkout": "PlaceAnOrder",
-    "ClickForm": "Lead",
-    "ClickInDownloadPage": "ClickButton",
-    "ClickToDownload": "Download",
-    "Consult": "Contact",
-    "ConsultByPhone": "Contact",
-    "Registration": "CompleteRegistration",
-    "StartCheckout": "InitiateCheckout",
-    "ViewConsultationPage": "ViewContent",
-    "ViewDownloadPage": "ViewContent",
-    "ViewForm": "ViewContent",
-}
-RESERVED_EVENTS = frozenset(RESERVED_TARGETS)
-# TikTok's aliases (reference §5, "Reserved names"): each name here is the same event as its
-# target, so the gateway deduplicates them as one. ``CompletePayment`` is also a legacy name
-# that is still sent as given (the pixel on a page may use it).
-EVENT_ALIASES: Mapping[str, str] = {"CompletePayment": "Purchase", **RESERVED_TARGETS}
-ACCEPTED_EVENTS = STANDARD_EVENTS | LEGACY_EVENTS | {PAGEVIEW}
-# Case-folded known names: "purchase" or "PageView" would silently miss dedup with the pixel.
-KNOWN_FOLDED = {n.casefold(): n for n in ACCEPTED_EVENTS | RESERVED_EVENTS}
-CUSTOM_EVENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
+from gateway.tiktok.names import SUPPORTED_CURRENCIES, event_name_problem
 
-
-def event_name_problem(name: str) -> str | None:
-    """Why TikTok would refuse ``name`` as an event name (reference §5), or None if it would not."""
-    if name in ACCEPTED_EVENTS:
-        return None
-    if name in RESERVED_EVENTS:
-        return f"{name!r} is a reserved event name and cannot be a custom event"
-    known = KNOWN_FOLDED.get(name.casefold())
-    if known is not None:
-        return f"{name!r} differs only in case from {known!r}; names are case-sensitive"
-    if not CUSTOM_EVENT_RE.fullmatch(name):
-        return (
-            f"{name!r} is not a valid custom event name (at most 50 letters, "
-            "digits, '_' or '-', starting with a letter)"
-        )
-    return None
-
-
-def canonical_event(name: str) -> str:
-    """The one name of an event among TikTok's aliases: ``CompletePayment`` → ``Purchase``,
-    ``Checkout`` → ``PlaceAnOrder``, ...; any other name is its own.
-
-    The gateway's idempotency identity ``(pixel, event, event_id)`` — receipts, sent markers, the
-    queued entry's ``event`` field — uses this name, so a page's ``CompletePayment`` and a
-    backend's ``Purchase`` for one order are one event. What is sent keeps its literal name.
-    """
-    return EVENT_ALIASES.get(name, name)
-
-
-SUPPORTED_CURRENCIES = frozenset(
-    {  # reference §2.4, TikTok's supported list
-        "AED",
-        "ARS",
-        "AUD",
-        "BDT",
-        "BHD",
-        "BIF",
-        "BOB",
-        "BRL",
-        "CAD",
-        "CHF",
-        "CLP",
-        "CNY",
-        "COP",
-        "CRC",
-        "CZK",
-        "DKK",
-        "DZD",
-        "EGP",
-        "EUR",
-        "GBP",
-        "GTQ",
-        "HKD",
-        "HNL",
-        "HUF",
-        "IDR",
-        "ILS",
-        "INR",
-        "ISK",
-        "JPY",
-        "KES",
-        "KHR",
-        "KRW",
-        "KWD",
-        "KZT",
-        "MAD",
-        "MOP",
-        "MXN",
-        "MYR",
-        "NGN",
-        "NIO",
-        "NOK",
-        "NZD",
-        "OMR",
-        "PEN",
-        "PHP",
-        "PKR",
-        "PLN",
-        "PYG",
-        "QAR",
-        "RON",
-        "RUB",
-        "SAR",
-        "SEK",
-        "SGD",
-        "THB",
-        "TRY",
-        "TWD",
-        "UAH",
-        "USD",
-        "VES",
-        "VND",
-        "ZAR",
-    }
-)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TTP = re.compile(r"[A-Za-z0-9._+-]{1,128}")
 
@@ -224,22 +55,6 @@ _USER_KEY_HINTS = {
     "phone_number": "the Events API takes `phone`; `phone_number` is the browser (ttq) key",
     "callback": "`callback` belongs to the legacy context.ad object; send `ttclid`",
 }
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """An API-level refusal: HTTP 200 with this body code and message."""
-
-    code: int
-    message: str
-
-
-class Rejected(Exception):
-    """Raised by a check: the request is refused with this code and message."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.rejection = Rejection(code, message)
 
 
 class Limits(Protocol):
@@ -518,9 +333,3 @@ def validate_body(body: object, config: Limits, now: float) -> Rejection | None:
     except Rejected as exc:
         return exc.rejection
     return None
-
-
-def new_request_id(now: float) -> str:
-    """A request id shaped like TikTok's: UTC timestamp digits then random upper-case hex."""
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d%H%M%S")
-    return stamp + secrets.token_hex(10).upper()
