@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import create_app
-from gateway.delivery.worker import serve_worker
+from gateway.delivery.serve import serve_worker
 from gateway.logs import configure_logging, get_logger
 from gateway.operate import commands
 from gateway.settings import Settings, SettingsError

@@ -14,7 +14,8 @@ import orjson
 from redis.asyncio import Redis
 
 from gateway.delivery.ratelimit import RateLimit, RateLimiter
-from gateway.delivery.worker import Worker, make_routes
+from gateway.delivery.routes import make_routes
+from gateway.delivery.worker import Worker
 from gateway.ingest.enqueue import IngestQueue, Outgoing
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.settings import Settings

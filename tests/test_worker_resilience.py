@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from gateway.delivery.ratelimit import RateLimit, RateLimiter
 from gateway.delivery.receipts import counters
-from gateway.delivery.worker import Worker, make_routes
+from gateway.delivery.routes import make_routes
+from gateway.delivery.worker import Worker
 from gateway.settings import Settings
 from gateway.store import keys
 from gateway.tiktok.emulator_state import AcceptedEvent

@@ -1,7 +1,7 @@
 """The delivery side of the queue: read with a consumer group, settle every entry in one script.
 
 Each entry read is settled exactly one way, atomically (XACK + XDEL + receipt + counter in one
-Lua script, all keys under ``{q}``):
+Lua script, all keys under ``{q}``; the scripts are in :mod:`gateway.delivery.outbox_scripts`):
 
 * **delivered** — TikTok accepted it: the ``sent`` marker (48 h) is set, so a retry, a reclaim, a
   replay or a late duplicate of the same ``(pixel, event, event_id)`` is never sent again. The
@@ -21,224 +21,22 @@ Redis 6.2 (the embedded server) and 7.0 are both supported: XAUTOCLAIM's third r
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
 from redis.exceptions import ResponseError
 
+from gateway.delivery.entry import Entry, Outcome
+from gateway.delivery.outbox_scripts import ALREADY_SENT, DEAD, DELIVERED, EXPEDITE, MOVE_DUE, RETRY
 from gateway.store import keys
-from gateway.store.connections import Lua, LuaCall, RedisClient, eval_many
-
-_DELIVERED = Lua("""
--- KEYS: stream, counters, then each entry's sent marker and receipt
--- ARGV: group, sent ttl s, receipt ttl s, the request body, where data[0] starts in it (1-based),
---       the number of receipt pairs common to every entry, those pairs, then for each entry:
---       stream id, attempts, first try ms, length of its JSON in the body
--- One call settles a whole request: each entry's change is the same as if settled alone.
--- The sent marker holds the stream id, so the same call run again (its reply was lost with the
--- connection, and the worker retries) changes nothing.
-local stream, counters, group = KEYS[1], KEYS[2], ARGV[1]
-local body, at, m = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local common = {}
-for i = 7, 6 + m do common[#common + 1] = ARGV[i] end
-local n = (#KEYS - 2) / 2
-local ids = {}
-local delivered, duplicate = 0, 0
-for i = 1, n do
-  local a = 3 + m + 4 * i
-  local receipt = KEYS[2 + 2 * i]
-  local size = tonumber(ARGV[a + 3])
-  ids[i] = ARGV[a]
-  local marker = KEYS[1 + 2 * i]
-  if redis.call('SET', marker, ARGV[a], 'NX', 'EX', ARGV[2]) then
-    redis.call('HSET', receipt, 'state', 'delivered', 'attempts', ARGV[a + 1],
-      'first_try_ms', ARGV[a + 2], 'payload', string.sub(body, at, at + size - 1), unpack(common))
-    redis.call('EXPIRE', receipt, ARGV[3])
-    delivered = delivered + 1
-  elseif redis.call('GET', marker) ~= ARGV[a] then
-    -- a copy was delivered meanwhile (a racing worker): its receipt stands, this is a repeat
-    redis.call('HINCRBY', receipt, 'duplicates', 1)
-    duplicate = duplicate + 1
-  end  -- else: this very entry, settled by a call whose reply was lost; nothing to do again
-  at = at + size + 1
-end
-for i = 1, n, 1000 do  -- unpack() is bounded by Lua's C stack
-  local last = math.min(i + 999, n)
-  redis.call('XACK', stream, group, unpack(ids, i, last))
-  redis.call('XDEL', stream, unpack(ids, i, last))
-end
-if delivered > 0 then redis.call('HINCRBY', counters, 'delivered', delivered) end
-if duplicate > 0 then redis.call('HINCRBY', counters, 'duplicate', duplicate) end
-return {delivered, duplicate}
-""")
-
-_ALREADY_SENT = Lua("""
--- KEYS: stream, counters, receipt
--- ARGV: stream id, group
--- an entry no longer pending was settled already (a call run again after a lost reply)
-if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
-redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'duplicate', 1)
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  -- the sent marker proves an earlier copy was delivered, whatever a later ingest wrote here
-  redis.call('HSET', KEYS[3], 'state', 'delivered')
-  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
-end
-return 1
-""")
-
-_RETRY = Lua("""
--- KEYS: stream, retry zset, retry data hash, receipt, counters
--- ARGV: stream id, group, dedup id, due ms, entry JSON, receipt ttl s, count it (1/0),
---       then receipt field/value pairs
-if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end  -- settled already
-redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[4], 'state', 'retrying', 'next_try_ms', ARGV[4], unpack(fields))
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[5], 'retried', 1) end
-return 1
-""")
-
-_DEAD = Lua("""
--- KEYS: stream, dead stream, receipt, counters
--- ARGV: stream id, group, receipt ttl s, n (dead entry field/value pair count * 2),
---       dead entry pairs, then receipt pairs
-if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end  -- settled already
-redis.call('XDEL', KEYS[1], ARGV[1])
-local n = tonumber(ARGV[4])
-local entry = {}
-for i = 5, 4 + n do entry[#entry + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], '*', unpack(entry))
-local fields = {}
-for i = 5 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[3], 'state', 'dead', unpack(fields))
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('HINCRBY', KEYS[4], 'dead', 1)
-return 1
-""")
-
-_MOVE_DUE = Lua("""
--- KEYS: retry zset, retry data hash, stream
--- ARGV: now ms, at most this many
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  local raw = redis.call('HGET', KEYS[2], member)
-  if raw then
-    local entry = cjson.decode(raw)
-    local fields = {}
-    for k, v in pairs(entry) do fields[#fields + 1] = k; fields[#fields + 1] = tostring(v) end
-    redis.call('XADD', KEYS[3], '*', unpack(fields))
-    redis.call('HDEL', KEYS[2], member)
-  end
-  redis.call('ZREM', KEYS[1], member)
-end
-return #due
-""")
-
-_EXPEDITE = Lua("""
--- KEYS: retry zset; ARGV: now ms, at most this many
--- bring every scheduled retry forward to now: TikTok answers again, nobody should wait minutes
-local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0,
-  tonumber(ARGV[2]))
-for _, member in ipairs(later) do redis.call('ZADD', KEYS[1], ARGV[1], member) end
-return #later
-""")
-
-ENTRY_FIELDS = (
-    "pixel",
-    "event",
-    "event_id",
-    "source",
-    "received_ms",
-    "data",
-    "attempts",
-    "first_try_ms",
-)
-
-
-@dataclass(slots=True)
-class Entry:
-    """One queued event as the worker sees it."""
-
-    stream_id: str
-    pixel: str
-    event: str
-    event_id: str
-    source: str
-    received_ms: int
-    data: bytes
-    attempts: int = 0
-    first_try_ms: int = 0
-    shape: Mapping[str, Any] | None = field(default=None, repr=False)  # for coverage counters
-
-    @property
-    def dedup(self) -> str:
-        """TikTok's dedup identity of the event."""
-        return keys.dedup_id(self.pixel, self.event, self.event_id)
-
-    def as_fields(self) -> dict[str, str]:
-        """The stream fields of the entry (what a retry puts back)."""
-        return {
-            "pixel": self.pixel,
-            "event": self.event,
-            "event_id": self.event_id,
-            "source": self.source,
-            "received_ms": str(self.received_ms),
-            "data": self.data.decode(),
-            "attempts": str(self.attempts),
-            "first_try_ms": str(self.first_try_ms),
-        }
-
-    @classmethod
-    def from_stream(cls, stream_id: bytes, fields: Mapping[bytes, bytes]) -> Entry | None:
-        """An entry from XREADGROUP / XAUTOCLAIM; None for a malformed one."""
-        try:
-            return cls(
-                stream_id=stream_id.decode(),
-                pixel=fields[b"pixel"].decode(),
-                event=fields[b"event"].decode(),
-                event_id=fields[b"event_id"].decode(),
-                source=fields.get(b"source", b"server").decode(),
-                received_ms=int(fields[b"received_ms"]),
-                data=fields[b"data"],
-                attempts=int(fields.get(b"attempts", b"0")),
-                first_try_ms=int(fields.get(b"first_try_ms", b"0")),
-            )
-        except (KeyError, ValueError):
-            return None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """TikTok's answer to the request an entry was in, as the receipt records it."""
-
-    http_status: int | None = None
-    code: int | None = None
-    message: str = ""
-    request_id: str | None = None
-
-    def fields(self) -> list[str]:
-        """Receipt field/value pairs."""
-        pairs = ["message", self.message[:1000]]
-        for name, value in (
-            ("http_status", self.http_status),
-            ("code", self.code),
-            ("request_id", self.request_id),
-        ):
-            pairs += [name, "" if value is None else str(value)]
-        return pairs
+from gateway.store.connections import LuaCall, RedisClient, eval_many
 
 
 class Outbox:
     """The worker's side of the delivery stream."""
 
-    dead_script = _DEAD  # lets callers tell dead-letter calls from the others
+    dead_script = DEAD  # lets callers tell dead-letter calls from the others
 
     def __init__(self, redis: RedisClient, *, receipt_ttl_s: int = keys.RECEIPT_TTL_S) -> None:
         self.redis = redis
@@ -390,12 +188,12 @@ class Outbox:
                 keys.receipt_key(e.pixel, e.event, e.event_id),
             )
             args += (e.stream_id, e.attempts, e.first_try_ms or now, len(e.data))
-        return (_DELIVERED, batch_keys, args)
+        return (DELIVERED, batch_keys, args)
 
     def skip_sent(self, entry: Entry) -> LuaCall:
         """Settle an entry whose event was already delivered: not sent again."""
         return (
-            _ALREADY_SENT,
+            ALREADY_SENT,
             [
                 keys.EVENTS_STREAM,
                 keys.COUNTERS_HASH,
@@ -410,7 +208,7 @@ class Outbox:
         """Put an entry back for later (``count``: an attempt that failed, not a pause)."""
         again = Entry(**{**_plain(entry), "first_try_ms": entry.first_try_ms or now_ms})
         return (
-            _RETRY,
+            RETRY,
             [
                 keys.EVENTS_STREAM,
                 keys.RETRY_ZSET,
@@ -438,7 +236,7 @@ class Outbox:
             dead_fields += [name, value]
         dead_fields += ["reason", reason[:1000], "dead_ms", str(now_ms), *outcome.fields()]
         return (
-            _DEAD,
+            DEAD,
             [
                 keys.EVENTS_STREAM,
                 keys.DEAD_STREAM,
@@ -467,7 +265,7 @@ class Outbox:
             self.redis,
             [
                 (
-                    _MOVE_DUE,
+                    MOVE_DUE,
                     [keys.RETRY_ZSET, keys.RETRY_DATA_HASH, keys.EVENTS_STREAM],
                     [now, limit],
                 )
@@ -478,7 +276,7 @@ class Outbox:
     async def expedite(self, limit: int = 10_000) -> int:
         """Make every scheduled retry due now (TikTok recovered); how many."""
         now = int(time.time() * 1000)
-        (moved,) = await eval_many(self.redis, [(_EXPEDITE, [keys.RETRY_ZSET], [now, limit])])
+        (moved,) = await eval_many(self.redis, [(EXPEDITE, [keys.RETRY_ZSET], [now, limit])])
         return int(moved)
 
 

@@ -14,7 +14,7 @@ import orjson
 
 from gateway.delivery.client import build_body
 from gateway.delivery.replay import dead_letters, replay
-from gateway.delivery.worker import http_session, make_routes
+from gateway.delivery.routes import http_session, make_routes
 from gateway.integrations import Integrations, IntegrationStore, TokenBox
 from gateway.settings import Integration, Settings, SettingsError
 from gateway.store.connections import RedisClient, make_redis

@@ -34,7 +34,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from gateway.delivery.client import Answer, Verdict, build_body
-from gateway.delivery.worker import http_session, make_routes
+from gateway.delivery.routes import http_session, make_routes
 from gateway.integrations import Integrations
 from gateway.operate.itp import (
     IPV4_PREFIX_BITS,

@@ -1,0 +1,94 @@
+"""One queued event as the worker sees it (:class:`Entry`), and TikTok's answer to the request
+it was in, as its receipt records it (:class:`Outcome`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.store import keys
+
+ENTRY_FIELDS = (
+    "pixel",
+    "event",
+    "event_id",
+    "source",
+    "received_ms",
+    "data",
+    "attempts",
+    "first_try_ms",
+)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One queued event as the worker sees it."""
+
+    stream_id: str
+    pixel: str
+    event: str
+    event_id: str
+    source: str
+    received_ms: int
+    data: bytes
+    attempts: int = 0
+    first_try_ms: int = 0
+    shape: Mapping[str, Any] | None = field(default=None, repr=False)  # for coverage counters
+
+    @property
+    def dedup(self) -> str:
+        """TikTok's dedup identity of the event."""
+        return keys.dedup_id(self.pixel, self.event, self.event_id)
+
+    def as_fields(self) -> dict[str, str]:
+        """The stream fields of the entry (what a retry puts back)."""
+        return {
+            "pixel": self.pixel,
+            "event": self.event,
+            "event_id": self.event_id,
+            "source": self.source,
+            "received_ms": str(self.received_ms),
+            "data": self.data.decode(),
+            "attempts": str(self.attempts),
+            "first_try_ms": str(self.first_try_ms),
+        }
+
+    @classmethod
+    def from_stream(cls, stream_id: bytes, fields: Mapping[bytes, bytes]) -> Entry | None:
+        """An entry from XREADGROUP / XAUTOCLAIM; None for a malformed one."""
+        try:
+            return cls(
+                stream_id=stream_id.decode(),
+                pixel=fields[b"pixel"].decode(),
+                event=fields[b"event"].decode(),
+                event_id=fields[b"event_id"].decode(),
+                source=fields.get(b"source", b"server").decode(),
+                received_ms=int(fields[b"received_ms"]),
+                data=fields[b"data"],
+                attempts=int(fields.get(b"attempts", b"0")),
+                first_try_ms=int(fields.get(b"first_try_ms", b"0")),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """TikTok's answer to the request an entry was in, as the receipt records it."""
+
+    http_status: int | None = None
+    code: int | None = None
+    message: str = ""
+    request_id: str | None = None
+
+    def fields(self) -> list[str]:
+        """Receipt field/value pairs."""
+        pairs = ["message", self.message[:1000]]
+        for name, value in (
+            ("http_status", self.http_status),
+            ("code", self.code),
+            ("request_id", self.request_id),
+        ):
+            pairs += [name, "" if value is None else str(value)]
+        return pairs
