@@ -15,10 +15,11 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import create_app
+from gateway.config import SettingsError
 from gateway.delivery.serve import serve_worker
 from gateway.logs import configure_logging, get_logger
 from gateway.operate import commands
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from gateway.store import keys
 from gateway.store.embedded import EmbeddedRedis, EmbeddedRedisError
 
@@ -301,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "send-test":
             with redis_for(settings) as ready:
                 return asyncio.run(commands.send_test(ready, args))
-        from gateway.operate.doctor import doctor_command, parse_host_pair
+        from gateway.operate.doctor import doctor_command
+        from gateway.operate.itp import parse_host_pair
 
         try:
             hosts = [parse_host_pair(text) for text in args.check_host]

@@ -11,12 +11,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import (
+from gateway.config import (
     CONSENT_CATEGORIES,
     Integration,
     SettingsError,
     _hostname,
     _pixel,
+    _region,
 )
 from gateway.tiktok.names import event_name_problem
 
@@ -97,14 +98,3 @@ def _integration_from_table(n: int, table: Any) -> Integration:
         event_overrides=tuple(sorted(overrides.items())),
         enabled=enabled,
     )
-
-
-def _region(variable: str, raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    import phonenumbers  # imported here: 20 ms of start-up the other paths do not need
-
-    region = raw.upper()
-    if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise SettingsError(variable, f"not a supported ISO 3166 region for phone numbers: {raw!r}")
-    return region

@@ -12,20 +12,18 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from gateway.operate.doctor import (
-    Check,
-    Level,
+from gateway.config import SettingsError
+from gateway.operate.doctor import doctor_command, render, run_checks
+from gateway.operate.doctor_check import Check, Level
+from gateway.operate.doctor_dns import check_dns
+from gateway.operate.itp import (
     Resolution,
     SystemResolver,
-    check_dns,
     cname_target,
-    doctor_command,
     parse_host_pair,
-    render,
-    run_checks,
     shares_prefix,
 )
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from gateway.store import keys
 from tests.delivery_support import PIXEL, TOKEN, Emulator, delivery_env, running_emulator
 from tests.support import free_port, wait_for_port

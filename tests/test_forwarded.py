@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.config import IPNetwork
 from gateway.ingest.forwarded import client_ip, forwarded_proto, is_trusted
-from gateway.settings import IPNetwork
 
 
 def nets(*cidrs: str) -> tuple[IPNetwork, ...]:

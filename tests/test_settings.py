@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.settings import SANDBOX_PIXEL_CODE, Settings, SettingsError
+from gateway.config import SettingsError
+from gateway.settings import SANDBOX_PIXEL_CODE, Settings
 
 PIXEL = "CXXXXXXXXXXXXXXXXXX0"
 MakeSettings = Callable[..., Settings]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Sequence
 
-from gateway.settings import IPNetwork
+from gateway.config import IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

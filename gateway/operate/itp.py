@@ -1,8 +1,8 @@
 """Safari's 7-day cookie cap: CNAME and address-prefix checks of a gateway host.
 
 Each gateway host is checked against its storefront's, after WebKit's rules as summarised in
-``reference/architecture.md`` §B.6; :func:`gateway.doctor.check_dns` turns the results into
-findings.
+``reference/architecture.md`` §B.6; :func:`gateway.operate.doctor_dns.check_dns` turns the
+results into findings.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from multidict import CIMultiDict
 from prometheus_client import Counter
 from yarl import URL
 
+from gateway.config import IPNetwork
 from gateway.logs import get_logger
-from gateway.settings import IPNetwork
 from gateway.tiktok.proxy_rules import (
     ANSWER_HEADERS,
     BEACON_TYPES,

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from aiohttp import web
 from multidict import CIMultiDict, MultiDictProxy
 
+from gateway.config import IPNetwork
 from gateway.ingest.forwarded import client_ip, forwarded_proto
-from gateway.settings import IPNetwork
 
 PREFIX = "/tt"
 ANALYTICS_MESSAGE_MAX_CHARS = 8000  # under aiohttp's 8190-byte request line
