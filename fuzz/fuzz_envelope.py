@@ -46,7 +46,7 @@ with atheris.instrument_imports():
     from gateway.identity.redaction import redact_url
     from gateway.ingest import envelope as events
     from gateway.ingest.fields import FieldError
-    from gateway.ingest.names import NameTable
+    from gateway.ingest.name_table import NameTable
 
 NOW = float(int(time.time()))
 MAX_AGE_S = 7 * 86400

@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import Integration
-from gateway.ingest.names import NameTable
+from gateway.ingest.name_table import NameTable
 from gateway.logs import get_logger
 from gateway.settings import SANDBOX_PIXEL_CODE, Settings
 from gateway.store import keys

@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
+from gateway.delivery.destinations import make_routes
 from gateway.delivery.ratelimit import RateLimit, RateLimiter
-from gateway.delivery.routes import make_routes
 from gateway.delivery.worker import Worker
 from gateway.ingest.enqueue import IngestQueue, Outgoing
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh

@@ -27,7 +27,7 @@ from gateway.ingest.envelope import (
     split_batch,
 )
 from gateway.ingest.fields import FieldError
-from gateway.ingest.names import SEGMENT_NAMES, NameTable
+from gateway.ingest.name_table import SEGMENT_NAMES, NameTable
 from gateway.ingest.properties import MAX_CONTENTS, parse_properties
 from gateway.ingest.timestamps import parse_timestamp
 from gateway.tiktok.names import (

@@ -33,7 +33,7 @@ from gateway.identity.visitors import Session
 from gateway.ingest.build import Origin, build_event, click_from_page, encode, hash_user
 from gateway.ingest.envelope import derive_event_id, parse_event, split_batch
 from gateway.ingest.fields import FieldError
-from gateway.ingest.names import NameTable
+from gateway.ingest.name_table import NameTable
 from gateway.operate.admin_integrations import PIXEL_RE
 from gateway.settings import Settings
 from tests.delivery_support import running_emulator

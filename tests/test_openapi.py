@@ -20,8 +20,8 @@ from referencing.jsonschema import DRAFT202012
 
 from gateway.app import create_app
 from gateway.appkeys import SETTINGS
-from gateway.delivery.client import Answer, Verdict
 from gateway.delivery.pauses import Pauses
+from gateway.delivery.verdicts import Answer, Verdict
 from gateway.operate.admin import create_admin_app
 from gateway.operate.stats import count_coverage
 from gateway.settings import Settings

@@ -18,19 +18,16 @@ from structlog.testing import capture_logs
 from gateway.delivery.client import (
     ENVELOPE_MAX_BYTES,
     PARTNER_NAME,
-    Answer,
-    Classification,
     Destination,
     SandboxDestination,
     TikTokClient,
-    Verdict,
     build_body,
     chunks,
-    classify,
     envelope_size,
     event_problem,
 )
 from gateway.delivery.sandbox import Sandbox
+from gateway.delivery.verdicts import Answer, Classification, Verdict, classify
 from gateway.store import keys
 from gateway.store.connections import RedisOptions, make_redis
 from gateway.tiktok.emulator import serve_emulator

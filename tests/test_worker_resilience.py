@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from gateway.delivery.destinations import make_routes
 from gateway.delivery.ratelimit import RateLimit, RateLimiter
 from gateway.delivery.receipts import counters
-from gateway.delivery.routes import make_routes
 from gateway.delivery.worker import Worker
 from gateway.settings import Settings
 from gateway.store import keys

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from redis.typing import EncodableT, FieldT
 
-from gateway.delivery.client import Answer
+from gateway.delivery.verdicts import Answer
 from gateway.store import keys
 from gateway.store.connections import RedisClient
 

@@ -5,7 +5,7 @@ cell. The limiter is GCRA (generic cell rate algorithm) in one Lua script that r
 Redis ``TIME``: every worker process shares one clock and one state, so together they never exceed
 the limit, and no worker's clock skew matters.
 
-State, under the pixel's own hash tag ``{rl:<pixel>}`` (see :mod:`gateway.keys`):
+State, under the pixel's own hash tag ``{rl:<pixel>}`` (see :mod:`gateway.store.keys`):
 
 * :func:`keys.ratelimit_key` — a string, the theoretical arrival time (TAT) in µs of Redis time.
   Its expiry is set to the moment the TAT falls into the past, when an absent key means the same.

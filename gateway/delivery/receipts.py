@@ -5,7 +5,7 @@ every settlement, kept ``TTGW_RECEIPT_TTL_S``: ``state`` (``queued``, ``retrying
 ``delivered``, ``dead`` or ``suppressed``), ``reason``, ``attempts``, ``first_try_ms``,
 ``last_try_ms``, TikTok's ``http_status``, ``code``, ``message`` and ``request_id``, and the
 ``payload`` sent (the event object with hashed identifiers; the access token is never part of
-it). ``event`` is the canonical name (``tiktok_spec.canonical_event``: one receipt for
+it). ``event`` is the canonical name (``gateway.tiktok.names.canonical_event``: one receipt for
 ``CompletePayment`` and ``Purchase``); ``queued_as`` is the name the queued copy carries when it
 is another alias, and ``send_as`` the page's name it is to be sent under (see ``queue.py``).
 A repeat of the same event (at ingest, or a copy found already delivered before sending) does

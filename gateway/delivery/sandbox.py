@@ -2,7 +2,7 @@
 
 ``tt-gateway run`` with no ``TTGW_PIXEL_CODE`` delivers here instead of to TikTok. The sandbox
 answers exactly as the Events API would — the same strict validation as the emulator
-(:mod:`gateway.tiktok_spec`), the same body codes — and records each accepted event in a Redis
+(:mod:`gateway.tiktok.validation`), the same body codes — and records each accepted event in a Redis
 stream (the newest :data:`~gateway.keys.SANDBOX_KEEP_EVENTS`), which the dashboard shows. Nothing
 leaves the machine. Because it lives in Redis, a separate ``worker`` process records into the same
 place the web process reads from.

@@ -3,7 +3,7 @@ TikTok's answer.
 
 Each request waits for a cell of the pixel's rate limiter (shared in Redis by every worker), then
 for a send slot of the worker. The answer's body ``code`` decides what happens to the events (see
-:class:`gateway.delivery.client.Verdict`):
+:class:`gateway.delivery.verdicts.Verdict`):
 
 * delivered → settled, the whole request in one script call (receipts, 48 h ``sent`` markers);
   if the pixel had been failing, every scheduled retry is brought forward so a short outage does
@@ -37,14 +37,15 @@ from typing import Any
 
 import orjson
 
-from gateway.delivery.client import Answer, Verdict, body_prefix, event_problem, with_events
+from gateway.delivery.client import body_prefix, event_problem, with_events
 from gateway.delivery.commit import commit, commit_accepted
+from gateway.delivery.destinations import Route
 from gateway.delivery.entry import Entry, Outcome
 from gateway.delivery.lanes import LANE_BLOCKED_S, LANE_SLOW_HOLD_S, Lane
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.pauses import Pauses
 from gateway.delivery.ratelimit import RateLimiter
-from gateway.delivery.routes import Route
+from gateway.delivery.verdicts import Answer, Verdict
 from gateway.logs import get_logger
 from gateway.operate.metrics import (
     DELIVERY_OUTCOMES,

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 
 from gateway.delivery.commit import REDIS_BACKOFF_CAP_S, REDIS_BACKOFF_FIRST_S, finish_settles
+from gateway.delivery.destinations import http_session, make_routes
 from gateway.delivery.ratelimit import RateLimit, RateLimiter
-from gateway.delivery.routes import http_session, make_routes
 from gateway.delivery.worker import Worker, consumer_name
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger

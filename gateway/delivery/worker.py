@@ -20,11 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 from gateway.delivery.commit import REDIS_BACKOFF_CAP_S, REDIS_BACKOFF_FIRST_S, is_settling
+from gateway.delivery.destinations import Route
 from gateway.delivery.entry import Entry
 from gateway.delivery.lanes import Lane, Lanes
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.ratelimit import RateLimiter
-from gateway.delivery.routes import Route
 from gateway.delivery.send import Sender
 from gateway.logs import get_logger
 from gateway.settings import Settings

@@ -8,7 +8,7 @@ and counted it. A repeat inside the window is answered as a duplicate and not qu
 Events suppressed by consent get a receipt that says so and are never queued. All keys of these
 scripts share the ``{q}`` hash tag.
 
-``event`` in that identity is the canonical name (``tiktok_spec.canonical_event``): TikTok's
+``event`` in that identity is the canonical name (``tiktok.names.canonical_event``): TikTok's
 aliases are one event, so the page's ``CompletePayment`` and the backend's ``Purchase`` (its
 ``Order Completed``) for one order are queued once, whichever comes first. The event keeps the
 literal name it came with (in ``data``, and as the receipt's ``queued_as`` when that is not the

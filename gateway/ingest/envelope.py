@@ -34,7 +34,7 @@ from gateway.ingest.fields import (
     parse_text,
     soft,
 )
-from gateway.ingest.names import NameTable
+from gateway.ingest.name_table import NameTable
 from gateway.ingest.properties import parse_properties
 from gateway.ingest.timestamps import parse_timestamp
 from gateway.ingest.user import UserInput, parse_user

@@ -14,8 +14,8 @@ import orjson
 
 from gateway.config import Integration, SettingsError
 from gateway.delivery.client import build_body
+from gateway.delivery.destinations import http_session, make_routes
 from gateway.delivery.replay import dead_letters, replay
-from gateway.delivery.routes import http_session, make_routes
 from gateway.integrations import Integrations, IntegrationStore, TokenBox
 from gateway.settings import Settings
 from gateway.store.connections import RedisClient, make_redis

@@ -13,8 +13,9 @@ import uuid
 import orjson
 
 from gateway.config import Integration
-from gateway.delivery.client import Answer, Verdict, build_body
-from gateway.delivery.routes import http_session, make_routes
+from gateway.delivery.client import build_body
+from gateway.delivery.destinations import http_session, make_routes
+from gateway.delivery.verdicts import Answer, Verdict
 from gateway.integrations import Integrations
 from gateway.operate.doctor_check import Check, Level
 from gateway.settings import Settings

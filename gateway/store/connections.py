@@ -106,7 +106,7 @@ def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list
 
 def make_redis(url: str, options: RedisOptions | None = None) -> RedisClient:
     """Build an asyncio Redis client for ``url``; it connects lazily on the first command.
-    Its connections pack commands with hiredis (:mod:`gateway.packing`)."""
+    Its connections pack commands with hiredis (:mod:`gateway.store.packing`)."""
     opts = options or RedisOptions()
     common = {
         "socket_timeout": opts.socket_timeout_s,

@@ -35,7 +35,7 @@ COUNTERS_HASH = f"{PREFIX}:{QUEUE_TAG}:counters"
 def dedup_id(pixel_code: str, event: str, event_id: str) -> str:
     """The identity an event is delivered once by: pixel, event name, event_id.
 
-    ``event`` is the canonical name (``tiktok_spec.canonical_event``): TikTok's aliases, such as
+    ``event`` is the canonical name (``tiktok.names.canonical_event``): TikTok's aliases, such as
     ``CompletePayment`` and ``Purchase``, are one event. Every key built from it below takes the
     canonical name too; the name sent to TikTok may differ (see :func:`send_as_key`).
     """
