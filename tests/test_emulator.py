@@ -785,7 +785,8 @@ def test_api_base_url() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_run_emulator_prints_url_and_stops_on_signal(sig: signal.Signals) -> None:
     code = (
-        "from gateway.emulator import EmulatorConfig, run_emulator; "
+        "from gateway.tiktok.emulator import run_emulator; "
+        "from gateway.tiktok.emulator_state import EmulatorConfig; "
         "run_emulator('127.0.0.1', 0, EmulatorConfig(tokens={'tok': {'PIX'}}))"
     )
     proc = await asyncio.create_subprocess_exec(
