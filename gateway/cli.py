@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-event-age-s", type=int, default=7 * 86400, help="reject older event_time values"
     )
     emulator.add_argument(
-        "--no-page-url", action="store_true", help="do not require page.url on web events"
+        "--require-page-url", action="store_true", help="refuse web events without page.url"
     )
+    # the default since page.url became optional; kept so existing invocations keep working
+    emulator.add_argument("--no-page-url", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -173,7 +175,8 @@ def _banner(settings: Settings, port: int, *, worker: bool) -> None:
         ("admin_token", settings.admin_token, "admin token:", "TTGW_ADMIN_TOKEN",
          "for /v1/admin/* and the dashboard"),
         ("write_key", settings.write_key, "write key:  ", "TTGW_WRITE_KEY",
-         "Authorization: Bearer ... on POST /v1/track"),
+         "Authorization: Bearer ... on POST /v1/track; the Segment and RudderStack SDKs' "
+         "write key for /v1/batch"),
     ):  # fmt: skip
         if name in settings.generated_secrets:
             shown = f"{secret}  (new, kept in {kept}; printed only now; {use})"
@@ -262,7 +265,7 @@ def _run_emulator(args: argparse.Namespace) -> None:
         latency_ms=args.latency_ms,
         qps_limit=args.qps_limit,
         max_event_age_s=args.max_event_age_s,
-        require_page_url=not args.no_page_url,
+        require_page_url=args.require_page_url,
     )
     run_emulator(args.host, args.port, config)
 

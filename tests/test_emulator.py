@@ -448,8 +448,6 @@ EVENT_CASES: list[tuple[Json, str]] = [
     ({"properties": {"num_items": "3"}}, "data.0.properties.num_items: Not a valid integer"),
     ({"properties": {"order_id": 100234}}, "data.0.properties.order_id: Not a valid string"),
     ({"properties": {"query": None}}, "data.0.properties.query: Not a valid string"),
-    ({"page": None}, "data.0.page.url: Missing data for required field"),
-    ({"page": {"referrer": "https://a.example/"}}, "data.0.page.url: Missing data for required"),
     ({"page": "https://a.example/"}, "data.0.page: Not a valid mapping type"),
     ({"page": {"url": "/checkout"}}, "data.0.page.url: Not a valid URL"),
     ({"page": {"url": "ftp://a.example/x"}}, "data.0.page.url: Not a valid URL"),
@@ -485,11 +483,27 @@ async def test_non_object_event_is_named(client: Client) -> None:
     assert answer["message"] == "data.1: Not a valid mapping type"
 
 
-async def test_page_url_optional_when_configured(aiohttp_client: AiohttpClient) -> None:
-    state = EmulatorState(EmulatorConfig(tokens={TOKEN: None}, require_page_url=False))
+async def test_page_url_is_optional(client: Client, state: EmulatorState) -> None:
+    """TikTok's docs recommend page.url without requiring it, and TikTok's own sGTM template
+    sends ``page: {}`` when it knows no page (issue 15: it used to be required here)."""
+    for page in (None, {}, {"referrer": "https://a.example/"}):
+        _, answer = await post(client, make_body(make_event(page=page)))
+        assert answer["code"] == 0, page
+    assert len(state.accepted) == 3
+
+
+@pytest.mark.parametrize(
+    "page", [None, {}, {"referrer": "https://a.example/"}], ids=["none", "empty", "referrer"]
+)
+async def test_page_url_required_when_configured(
+    aiohttp_client: AiohttpClient, page: Json | None
+) -> None:
+    state = EmulatorState(EmulatorConfig(tokens={TOKEN: None}, require_page_url=True))
     client = await aiohttp_client(create_emulator_app(state))
-    _, answer = await post(client, make_body(make_event(page=None)))
-    assert answer["code"] == 0 and len(state.accepted) == 1
+    _, answer = await post(client, make_body(make_event(page=page)))
+    assert answer["code"] == 40002
+    assert "data.0.page.url: Missing data for required field" in answer["message"]
+    assert state.accepted == []
 
 
 async def test_event_time_bounds_follow_the_config(

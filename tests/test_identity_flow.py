@@ -374,7 +374,7 @@ async def test_an_unknown_customer_gets_no_borrowed_session(
     (entry,) = await queued(redis)
     user = entry["data"]["user"]
     assert set(user) == {"email"}  # no click, no IP or UA of anyone else, no visitor id
-    assert entry["data"]["page"]["url"].startswith("https://127.0.0.1")
+    assert entry["data"]["page"] == {}  # none is made up from the gateway's host (issue 15)
 
 
 async def test_expired_clicks_are_not_attached(gateway: GatewayFactory, redis: Redis) -> None:

@@ -15,6 +15,7 @@ Facts about nginx 1.22 these tests pin down (see nginx/README.md):
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import shutil
 import socket
@@ -595,6 +596,8 @@ async def test_bodies_over_the_limits_are_refused_by_nginx(
             ("/e", {"Host": GATEWAY_HOST, "Origin": SHOP_ORIGIN}, big_event, 413),
             ("/v1/track", write, big_event + b" " * 200_000, None),  # up to 1m: the gateway's
             ("/v1/track", write, big_event + b" " * 1_048_576, 413),
+            ("/v1/batch", write, big_event + b" " * 400_000, None),  # an SDK's 500 KB batch
+            ("/v1/batch", write, big_event + b" " * 1_048_576, 413),
         ]
         for path, headers, body, expected in cases:
             sent = {**headers, "Content-Type": "application/json"}
@@ -606,7 +609,7 @@ async def test_bodies_over_the_limits_are_refused_by_nginx(
                 else:
                     assert answer.status == expected
                     assert is_nginx_page(await answer.read(), "413 Request Entity Too Large")
-        assert gateway.paths() == ["/v1/track"]
+        assert gateway.paths() == ["/v1/track", "/v1/batch"]
 
 
 # --- path mode ------------------------------------------------------------------------------------
@@ -754,6 +757,30 @@ async def test_gateway_paths_live_under_the_prefix(
                 assert response.status == 404, path
         assert gateway.paths() == ["/healthz", "/c.js", "/e"]
         assert shop.seen == []
+
+
+async def test_an_sdk_batch_under_the_prefix_gets_1m_and_the_gateway(
+    nginx_binary: Path,
+    tmp_path: Path,
+    gateway: Upstream,
+    shop: Upstream,
+    settings: Settings,
+    http: aiohttp.ClientSession,
+    redis: Redis,
+) -> None:
+    """Segment's SDKs post batches of up to 500 KB to ``<host>/v1/batch``: 64k would refuse them."""
+    with path_mode(nginx_binary, tmp_path, gateway.address, shop.port) as base:
+        message = {"type": "track", "event": "Purchase", "userId": "u", "messageId": "nginx-1",
+                   "properties": {"padding": "x" * 400_000}}  # fmt: skip
+        auth = base64.b64encode(f"{settings.write_key}:".encode()).decode()
+        headers = {"Host": SHOP_HOST, "Authorization": f"Basic {auth}"}
+        async with http.post(
+            f"{base}/_t/v1/batch", json={"batch": [message]}, headers=headers
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"success": True}
+        assert [e["event_id"] for e in await queued(redis)] == ["nginx-1"]
+        assert gateway.paths() == ["/v1/batch"]
 
 
 async def test_a_same_origin_post_on_a_non_default_port_is_accepted(

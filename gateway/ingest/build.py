@@ -4,7 +4,9 @@ Raw e-mail and phone numbers stop here: :func:`hash_user` turns them into SHA-25
 those are linked to visitors, queued, or written to a receipt. IP and user agent are the buyer's:
 the browser request's own (through trusted proxies) for ``/e``; for ``/v1/track`` the ones the
 backend passes in ``user.ip``/``user.user_agent``, else those of the buyer's stitched session —
-never the backend's own.
+never the backend's own. The click is the one the event names, else the one in its page URL (or a
+same-host referrer: on every path, through the same junk checks), else the visitor's. The page
+is the one the event names, else the buyer's last: none is made up.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Origin:
     """Where a batch came from, and what the request itself tells about the buyer."""
 
     source: str  # "browser" or "server"
-    host: str
+    host: str  # the gateway's own: never sent as the buyer's page
     ip: str | None = None
     user_agent: str | None = None
     ttp: str | None = None
@@ -172,9 +174,14 @@ def build_event(
     # a click of the visitor's own landing first; one borrowed through a link only fills in
     click = session.click or origin.click or session.borrowed_click
     stored = click.ttclid if click else None
-    # the browser's own click (captured server-side) beats what page script claims; a backend
-    # that kept the ttclid with the order knows better than an older session
-    ttclid = (stored or given_ttclid) if browser else (given_ttclid or stored)
+    # the browser's own click (captured server-side, its page's included) beats what page script
+    # claims; a backend that kept the ttclid with the order knows better than the event's page,
+    # and the page it names better than an older session
+    if browser:
+        ttclid = stored or given_ttclid
+    else:
+        on_page = click_from_page(envelope.page_url, envelope.page_referrer, 0)
+        ttclid = given_ttclid or (on_page.ttclid if on_page else None) or stored
     ttp = origin.ttp if browser else (given.ttp or session.ttp)
     ip = origin.ip if browser else (given.ip or session.ip)
     user_agent = origin.user_agent if browser else (given.user_agent or session.user_agent)
@@ -186,7 +193,11 @@ def build_event(
         place = normalize.normalize_place(raw) if raw else None
         if place:
             user[key] = place
-    page = {"url": envelope.page_url or session.page_url or f"https://{origin.host}/"}
+    # the page the event names, else the buyer's last one; never one made up: TikTok's docs ask
+    # web events for the page object and recommend its url, and its own sGTM template sends
+    # ``page: {}`` when it knows none
+    page_url = envelope.page_url or session.page_url
+    page = {"url": page_url} if page_url else {}
     if envelope.page_referrer:
         page["referrer"] = envelope.page_referrer
     return {

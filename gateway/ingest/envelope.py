@@ -4,13 +4,13 @@ Everything here is pure: a JSON value goes in, a typed :class:`Envelope` (or a
 :class:`~gateway.ingest.fields.FieldError` naming the bad field) comes out. Raw e-mail and phone
 numbers are still in the envelope: the ingest handler hashes them (``gateway.identity``) before
 anything is written anywhere. The parts of an event have their own modules: the event name goes
-through the name table (``names``), the time through ``timestamps``, the person through ``user``,
-the properties through ``properties``; the page, consent and event id are read here.
+through the name table (``name_table``), the time through ``timestamps``, the person through
+``user``, the properties through ``properties``; the page, consent and event id are read here.
 
-event_id: kept exactly as given (a JSON number becomes its decimal string). When missing, it is
-``ord_<order_id>`` for any event that carries ``properties.order_id`` (the same rule the collector
-uses, so a purchase sent by the browser and by the backend deduplicate), else the Segment
-``messageId``, else a random UUID.
+event_id: kept exactly as given (a JSON number becomes its decimal string). When missing or blank,
+it is ``ord_<order_id>`` for any event that carries ``properties.order_id`` (the same rule the
+collector uses, so a purchase sent by the browser and by the backend deduplicate), else the
+Segment ``messageId``, else a random UUID.
 """
 
 from __future__ import annotations
@@ -153,22 +153,39 @@ def parse_event(raw: Any, names: NameTable, *, now: float, max_age_s: int) -> En
     return Envelope(
         type=kind,
         event=event,
-        event_id=None if event_id in (None, "") else parse_identifier(event_id, "event_id"),
+        event_id=None if _blank(event_id) else parse_identifier(event_id, "event_id"),
         timestamp_s=parse_timestamp(obj.get("timestamp"), now, max_age_s),
-        anonymous_id=parse_optional_text(obj, "anonymous_id", "anonymous_id", limit=128)
-        or parse_optional_text(obj, "anonymousId", "anonymousId", limit=128),
-        user_id=None
-        if obj.get("user_id", obj.get("userId")) in (None, "")
-        else parse_identifier(obj.get("user_id", obj.get("userId")), "user_id"),
-        user=parse_user(obj.get("user"), context, parse_object(obj.get("traits"), "traits"), notes),
+        anonymous_id=soft(
+            notes, lambda: parse_optional_text(obj, "anonymous_id", "anonymous_id", limit=128)
+        )
+        or soft(notes, lambda: parse_optional_text(obj, "anonymousId", "anonymousId", limit=128)),
+        user_id=_user_id(obj, notes),
+        user=parse_user(obj.get("user"), context, obj.get("traits"), notes),
         properties=parse_properties(obj.get("properties"), notes=notes),
         page_url=page_url,
         page_referrer=soft(notes, lambda: _referrer(page.get("referrer"), "page.referrer")),
         consent=_consent(obj.get("consent")),
-        message_id=None if message_id in (None, "") else parse_identifier(message_id, "messageId"),
+        message_id=None if _blank(message_id) else parse_identifier(message_id, "messageId"),
         limited_data_use=ldu,
         warnings=notes,
     )
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _user_id(obj: dict[str, Any], notes: list[FieldWarning]) -> str | None:
+    """``user_id`` (or Segment's ``userId``) as a string id; a blank or unusable one is dropped
+    with a warning, the event kept."""
+    key = "user_id" if "user_id" in obj else "userId"
+    value = obj.get(key)
+    if value is None:
+        return None
+    if _blank(value):
+        notes.append(FieldWarning.of(key, "is blank; dropped"))
+        return None
+    return soft(notes, lambda: parse_identifier(value, key))
 
 
 def _junk_click_in(url: str | None, where: str, notes: list[FieldWarning]) -> None:

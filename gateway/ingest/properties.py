@@ -1,8 +1,10 @@
-"""The event's ``properties``: TikTok-shaped from TikTok or Segment-style input.
+"""The event's ``properties``: TikTok-shaped from TikTok, Segment or GA4-style input.
 
-Contents (``contents``, or Segment's ``products``), value and currency, order id, search string,
-content ids and the few other properties TikTok uses are read and checked. Anything else is
-dropped rather than sent, because it could carry raw personal data, and said in the answer.
+Contents (``contents``, Segment's ``products``, GA4's ``items``, or one product given at the top
+level, as Segment's Product Added and Viewed have it), value and currency, order id, search
+string, content ids and the few other properties TikTok uses are read and checked. Ids given as
+numbers become strings and numbers given as strings become numbers. Anything else is dropped
+rather than sent, because it could carry raw personal data, and said in the answer.
 """
 
 from __future__ import annotations
@@ -28,19 +30,34 @@ MAX_CONTENTS = 200
 MAX_WARNINGS = 20  # per event; the rest are summed up in one
 
 # Properties TikTok uses; anything else is dropped rather than sent (it could carry raw PII).
-PASS_PROPERTIES = ("content_type", "description", "delivery_category", "shop_id")
+PASS_PROPERTIES = ("content_type", "description", "delivery_category")
+
+# Where each field of a content item is read from, first found wins: TikTok's own keys, Segment's
+# (``products[]``), GA4's (``items[]``). The id's keys depend on the list (:data:`ID_KEYS`).
+NAME_KEYS = ("content_name", "name", "item_name")
+CATEGORY_KEYS = ("content_category", "category", "item_category")
+BRAND_KEYS = ("brand", "item_brand")
+ID_KEYS = {
+    "contents": ("content_id",),
+    "products": ("product_id", "sku", "id", "content_id"),
+    "items": ("item_id",),
+}
+# one product at the top level of ``properties`` (Segment's Product Added, Product Viewed)
+PRODUCT_KEYS = (*ID_KEYS["products"], *NAME_KEYS, *CATEGORY_KEYS, *BRAND_KEYS, "price",
+                "quantity")  # fmt: skip
 
 # what parse_properties reads; any other property is dropped (it could carry raw PII) and said
 KNOWN_PROPERTIES = frozenset(
-    {"contents", "products", "value", "revenue", "total", "currency", "order_id",
-     "search_string", "query", "content_ids", "predicted_ltv", "num_items", *PASS_PROPERTIES}
+    {"contents", "products", "items", "value", "revenue", "total", "currency", "order_id",
+     "transaction_id", "search_string", "query", "search_term", "content_ids", "predicted_ltv",
+     "num_items", "shop_id", *PASS_PROPERTIES}
 )  # fmt: skip
 
 
 def parse_properties(
     raw: Any, name: str = "properties", notes: list[FieldWarning] | None = None
 ) -> dict[str, Any]:
-    """TikTok-shaped properties from TikTok or Segment-style input.
+    """TikTok-shaped properties from TikTok, Segment or GA4-style input.
 
     With ``notes``, a property that cannot be used (a value that is no number, a currency
     TikTok does not take, an unknown key) is dropped with a warning there and the rest kept;
@@ -48,14 +65,7 @@ def parse_properties(
     """
     props = parse_object(raw, name)
     out: dict[str, Any] = {}
-    if props.get("contents") is not None:
-        contents = lenient(notes, lambda v, w: _contents(v, w, segment=False, notes=notes),
-                           props["contents"], f"{name}.contents")  # fmt: skip
-    elif props.get("products") is not None:
-        contents = lenient(notes, lambda v, w: _contents(v, w, segment=True, notes=notes),
-                           props["products"], f"{name}.products")  # fmt: skip
-    else:
-        contents = None
+    contents = _all_contents(props, name, notes)
     if contents:
         out["contents"] = contents
     for key in ("value", "revenue", "total"):
@@ -72,15 +82,20 @@ def parse_properties(
                 out["value"] = round(total, 2)
             elif notes is None:
                 raise FieldError(f"{name}.value", "the contents' price x quantity is not finite")
-    if props.get("currency") not in (None, ""):
-        currency = lenient(notes, _currency, props["currency"], f"{name}.currency")
+    currency_key, currency_raw = "currency", props.get("currency")
+    if currency_raw in (None, "") and isinstance(props.get("items"), list):
+        currency_key, currency_raw = "items[].currency", _shared_currency(props["items"])
+    if currency_raw not in (None, ""):
+        currency = lenient(notes, _currency, currency_raw, f"{name}.{currency_key}")
         if currency is not None:
             out["currency"] = currency
-    if props.get("order_id") not in (None, ""):
-        order_id = lenient(notes, parse_identifier, props["order_id"], f"{name}.order_id")
-        if order_id is not None:
-            out["order_id"] = order_id
-    for key in ("search_string", "query"):
+    for key in ("order_id", "transaction_id", "shop_id"):  # GA4's transaction_id is the order's
+        target = "shop_id" if key == "shop_id" else "order_id"
+        if props.get(key) not in (None, "") and target not in out:
+            given = lenient(notes, parse_identifier, props[key], f"{name}.{key}")
+            if given is not None:
+                out[target] = given
+    for key in ("search_string", "query", "search_term"):
         if props.get(key) not in (None, ""):
             query = lenient(notes, lambda v, w: parse_text(v, w, limit=500), props[key],
                             f"{name}.{key}")  # fmt: skip
@@ -113,7 +128,10 @@ def parse_properties(
             if number is not None:
                 out[key] = number
     if notes is not None:
-        unknown = [k for k in props if k not in KNOWN_PROPERTIES]
+        # with no list of contents, the top-level product fields were read (or said unusable)
+        lists = any(props.get(key) is not None for key in ID_KEYS)
+        known = KNOWN_PROPERTIES if lists else KNOWN_PROPERTIES | set(PRODUCT_KEYS)
+        unknown = [k for k in props if k not in known]
         for key in unknown[:MAX_WARNINGS]:
             notes.append(FieldWarning.of(f"{name}.{str(key)[:64]}",
                                          "is not a property TikTok takes; dropped",
@@ -124,8 +142,28 @@ def parse_properties(
     return out
 
 
+def _all_contents(
+    props: dict[str, Any], name: str, notes: list[FieldWarning] | None
+) -> list[dict[str, Any]] | None:
+    """The event's contents: its first list (``contents``, ``products``, ``items``), else the one
+    product given at the top level (when it names its id), else None."""
+    for key, ids in ID_KEYS.items():
+        if props.get(key) is not None:
+            return lenient(notes, partial(_contents, ids=ids, notes=notes), props[key],
+                           f"{name}.{key}")  # fmt: skip
+    if any(props.get(key) not in (None, "") for key in ID_KEYS["products"]):
+        content = lenient(notes, partial(_content, ids=ID_KEYS["products"], notes=notes), props,
+                          name)  # fmt: skip
+        return [content] if content is not None else None
+    given = [key for key in PRODUCT_KEYS if props.get(key) not in (None, "")]
+    if given and notes is not None:
+        notes.append(FieldWarning.of(f"{name}.product_id", "is required for a product given at "
+                                     f"the top level ({', '.join(given)}); dropped"))  # fmt: skip
+    return None
+
+
 def _contents(
-    items: Any, name: str, *, segment: bool, notes: list[FieldWarning] | None = None
+    items: Any, name: str, ids: tuple[str, ...], notes: list[FieldWarning] | None = None
 ) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         raise FieldError(name, "must be a list")
@@ -135,28 +173,30 @@ def _contents(
     for i, raw in enumerate(items):
         where = f"{name}[{i}]"
         if notes is None:
-            out.append(_content(raw, where, segment, None))
+            out.append(_content(raw, where, ids, None))
         else:
-            content = soft(notes, partial(_content, raw, where, segment, notes))
+            content = soft(notes, partial(_content, raw, where, ids, notes))
             if content is not None:
                 out.append(content)
     return out
 
 
 def _content(
-    raw: Any, where: str, segment: bool, notes: list[FieldWarning] | None
+    raw: Any, where: str, ids: tuple[str, ...], notes: list[FieldWarning] | None
 ) -> dict[str, Any]:
     item = parse_object(raw, where)
-    keys = ("product_id", "sku", "id", "content_id") if segment else ("content_id",)
-    content_id = next((item[k] for k in keys if item.get(k) not in (None, "")), None)
+    content_id = next((item[k] for k in ids if item.get(k) not in (None, "")), None)
     if content_id is None:
-        raise FieldError(f"{where}.content_id", "is required")
+        raise FieldError(f"{where}.content_id", f"is required ({' or '.join(ids)})")
     content: dict[str, Any] = {"content_id": parse_identifier(content_id, f"{where}.content_id")}
-    for source, target in (("content_name", "content_name"), ("name", "content_name"),
-                           ("content_category", "content_category"),
-                           ("category", "content_category"), ("brand", "brand")):  # fmt: skip
-        if target not in content and item.get(source) not in (None, ""):
-            content[target] = parse_text(item[source], f"{where}.{source}", limit=500)
+    for target, keys in (("content_name", NAME_KEYS), ("content_category", CATEGORY_KEYS),
+                         ("brand", BRAND_KEYS)):  # fmt: skip
+        source = next((k for k in keys if item.get(k) not in (None, "")), None)
+        if source is not None:
+            text = lenient(notes, lambda v, w: parse_text(v, w, limit=500), item[source],
+                           f"{where}.{source}")  # fmt: skip
+            if text is not None:
+                content[target] = text
     for key, parse in (("price", parse_number), ("quantity", parse_count)):
         if item.get(key) is not None:
             value = lenient(notes, parse, item[key], f"{where}.{key}")
@@ -170,6 +210,13 @@ def _currency(value: Any, where: str) -> str:
     if currency not in SUPPORTED_CURRENCIES:
         raise FieldError(where, f"{currency!r} is not a currency TikTok supports")
     return currency
+
+
+def _shared_currency(items: list[Any]) -> Any:
+    """The currency GA4's items all name (TikTok's sGTM template takes the first), else None."""
+    named = {item["currency"] for item in items if isinstance(item, dict) and item.get("currency")
+             and isinstance(item["currency"], str)}  # fmt: skip
+    return named.pop() if len(named) == 1 else None
 
 
 def _id_list(ids: Any, where: str) -> list[str]:

@@ -1,10 +1,11 @@
 """Who the event is about, as the client says it: identifiers, the click, the cookie, the address.
 
-:func:`parse_user` reads ``user`` (with Segment's ``traits`` and ``context`` as fallbacks) into a
-:class:`UserInput`. The values stay raw: the ingest handler hashes e-mail addresses and phone
-numbers (``gateway.identity``) before anything is written anywhere. A value that cannot be used
-is dropped with a warning and the event kept: a placeholder ``ttclid`` is no click, and a
-private or loopback address is never the buyer's.
+:func:`parse_user` reads ``user`` (with Segment's ``traits``, ``context.traits`` and ``context``
+as fallbacks) into a :class:`UserInput`. The values stay raw: the ingest handler hashes e-mail
+addresses and phone numbers (``gateway.identity``) before anything is written anywhere. A value
+that cannot be used is dropped with a warning and the event kept: a blank identifier is no
+identifier, a placeholder ``ttclid`` is no click, and a private or loopback address is never the
+buyer's.
 """
 
 from __future__ import annotations
@@ -39,37 +40,79 @@ class UserInput:
     state: str | None = None
 
 
+Places = list[tuple[str, Mapping[str, Any]]]  # (where, object) in the order they are read
+
+
+def _trait_places(traits: Any, context: Mapping[str, Any], notes: list[FieldWarning]) -> Places:
+    """Segment's traits, where identifiers are read after ``user``: the message's own (an
+    identify's) over ``context.traits`` (a track's), each followed by its ``address``."""
+    places: Places = []
+    for where, raw in (("traits", traits), ("context.traits", context.get("traits"))):
+        obj = soft(notes, partial(parse_object, raw, where)) or {}
+        if obj:
+            places.append((where, obj))
+            address = soft(notes, partial(parse_object, obj.get("address"), f"{where}.address"))
+            if address:
+                places.append((f"{where}.address", address))
+    return places
+
+
+def _given(
+    user: Mapping[str, Any], keys: tuple[str, ...], places: Places, trait_keys: tuple[str, ...]
+) -> tuple[Any, str]:
+    """The value of the first of ``user``'s ``keys`` present (blank included: it is said), else
+    of the traits' ``trait_keys``; with where it was read."""
+    for key in keys:
+        if key in user:
+            return user[key], f"user.{key}"
+    for where, obj in places:
+        for key in trait_keys:
+            if key in obj:
+                return obj[key], f"{where}.{key}"
+    return None, f"user.{keys[0]}"
+
+
 def parse_user(
-    raw: Any, context: Mapping[str, Any], traits: Mapping[str, Any], notes: list[FieldWarning]
+    raw: Any, context: Mapping[str, Any], traits: Any, notes: list[FieldWarning]
 ) -> UserInput:
-    """The event's ``user``, with ``traits`` and ``context`` filling what it leaves out; each
-    value that cannot be used is dropped with a warning in ``notes``."""
+    """The event's ``user``, with Segment's traits (``traits``, then ``context.traits``, each with
+    its ``address``) and ``context`` filling what it leaves out; each value that cannot be used is
+    dropped with a warning in ``notes``."""
     user = parse_object(raw, "user")
+    places = _trait_places(traits, context, notes)
 
     def text(obj: Mapping[str, Any], key: str, where: str, limit: int) -> str | None:
         return soft(notes, lambda: parse_optional_text(obj, key, where, limit=limit))
 
+    def person(keys: tuple[str, ...], trait_keys: tuple[str, ...], limit: int = 200) -> str | None:
+        """The first of ``user``'s ``keys`` given, else of the traits' ``trait_keys``."""
+        for key in keys:
+            if user.get(key) not in (None, ""):
+                return text(user, key, f"user.{key}", limit)
+        for where, obj in places:
+            for key in trait_keys:
+                if obj.get(key) not in (None, ""):
+                    return text(obj, key, f"{where}.{key}", limit)
+        return None
+
+    email, email_at = _given(user, ("email",), places, ("email",))
+    phone, phone_at = _given(user, ("phone", "phone_number"), places, ("phone",))
     user_input = UserInput(
-        emails=_strings(user.get("email", traits.get("email")), "user.email", notes),
-        phones=_strings(
-            user.get("phone", user.get("phone_number", traits.get("phone"))),
-            "user.phone",
-            notes,
-            numbers=True,
-        ),
+        emails=_strings(email, email_at, notes),
+        phones=_strings(phone, phone_at, notes, numbers=True),
         external_ids=_strings(user.get("external_id"), "user.external_id", notes, numbers=True),
         ttclid=_click_id(text(user, "ttclid", "user.ttclid", 1024), notes),
         ttp=_ttp(text(user, "ttp", "user.ttp", 128), notes),
         user_agent=text(user, "user_agent", "user.user_agent", 1024)
         or text(context, "userAgent", "context.userAgent", 1024),
-        country=text(user, "country", "user.country", 64),
+        country=person(("country",), ("country",), 64),
         locale=text(user, "locale", "user.locale", 35)
         or text(context, "locale", "context.locale", 35),
-        first_name=text(user, "first_name", "user.first_name", 200),
-        last_name=text(user, "last_name", "user.last_name", 200),
-        zip_code=text(user, "zip_code", "user.zip_code", 32),
-        city=text(user, "city", "user.city", 200),
-        state=text(user, "state", "user.state", 200),
+        first_name=person(("first_name",), ("firstName", "first_name")),
+        last_name=person(("last_name",), ("lastName", "last_name")),
+        zip_code=person(("zip_code",), ("postalCode", "postal_code", "zip", "zipcode"), 32),
+        city=person(("city",), ("city",)),
+        state=person(("state",), ("state",)),
     )
     for source, key, where in ((user, "ip", "user.ip"), (context, "ip", "context.ip")):
         ip = text(source, key, where, 64)

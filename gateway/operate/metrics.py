@@ -24,7 +24,8 @@ _INDEX_RE = re.compile(r"\[[0-9]+\]")
 
 EVENTS_INGESTED = Counter(
     "ttgw_events_ingested_total",
-    "Events answered 202 at ingest, by outcome (queued, duplicate, suppressed) and source",
+    "Events accepted at ingest, by outcome (queued, duplicate, suppressed; ignored: a Segment "
+    "call with no TikTok event) and source (browser, server, segment)",
     ["status", "source"],
 )
 EVENTS_REJECTED = Counter(

@@ -94,7 +94,7 @@ class EmulatorConfig:
     qps_limit: int | None = None
     max_event_age_s: int = 7 * 86400
     max_future_skew_s: int = 300
-    require_page_url: bool = True
+    require_page_url: bool = False  # the stricter reading (see validation.DefaultLimits)
     max_body_bytes: int = 2 * 1024 * 1024
 
 

@@ -35,7 +35,7 @@ STANDARD_EVENTS = frozenset(
 LEGACY_EVENTS = frozenset({"ClickButton", "CompletePayment", "PlaceAnOrder", "SubmitForm"})
 PAGEVIEW = "Pageview"
 # Reserved names (reference §5): TikTok maps each to a standard event and refuses it as a custom
-# name. Ingest sends the target instead (``events.NameTable``).
+# name. Ingest sends the target instead (``ingest.name_table.NameTable``).
 RESERVED_TARGETS: Mapping[str, str] = {
     "AddBilling": "AddPaymentInfo",
     "Browse": PAGEVIEW,
@@ -57,7 +57,7 @@ RESERVED_EVENTS = frozenset(RESERVED_TARGETS)
 # that is still sent as given (the pixel on a page may use it).
 EVENT_ALIASES: Mapping[str, str] = {"CompletePayment": "Purchase", **RESERVED_TARGETS}
 ACCEPTED_EVENTS = STANDARD_EVENTS | LEGACY_EVENTS | {PAGEVIEW}
-# Case-folded known names: "purchase" or "PageView" would silently miss dedup with the pixel.
+# Case-folded known names: TikTok refuses "purchase" or "PageView" (ingest maps them first).
 KNOWN_FOLDED = {n.casefold(): n for n in ACCEPTED_EVENTS | RESERVED_EVENTS}
 CUSTOM_EVENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
 

@@ -70,11 +70,17 @@ class Limits(Protocol):
 
 @dataclass(frozen=True)
 class DefaultLimits:
-    """The limits the gateway holds itself to before sending."""
+    """The limits the gateway holds itself to before sending.
+
+    ``page.url`` is not required: TikTok's docs (reference §2.2, the Go SDK's copy) ask web events
+    for the ``page`` object and recommend its url; TikTok's own sGTM template sends ``page: {}``
+    when it knows no page, and RudderStack sends no page. The gateway sends the page it was told
+    and never makes one up; ``require_page_url`` is the stricter reading, for the emulator.
+    """
 
     max_event_age_s: int = 7 * 86400
     max_future_skew_s: int = 300
-    require_page_url: bool = True
+    require_page_url: bool = False
 
 
 # --- validation: each check raises Rejected; the first error wins, as TikTok reports one ---
