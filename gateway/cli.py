@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-event-code", help="Events Manager's test code (default: the integration's)"
     )
 
+    pixel = subcommands.add_parser(
+        "shopify-pixel", help="print the Custom Pixel to paste into Shopify's Customer events"
+    )
+    pixel.add_argument(
+        "--url", required=True, help="the gateway's URL, e.g. https://t.shop.example"
+    )
+
     emulator = subcommands.add_parser(
         "emulator", help="run the local TikTok Events API emulator (for tests and trials)"
     )
@@ -285,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "emulator":
             _run_emulator(args)
+            return 0
+        if args.command == "shopify-pixel":
+            from gateway.operate.shopify_pixel import render
+
+            try:
+                print(render(args.url), end="")
+            except ValueError as exc:
+                raise SettingsError("--url", str(exc)) from None
             return 0
         settings = _settings(args)
         # the operator commands print results on stdout; their logs go to stderr

@@ -88,6 +88,15 @@ async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) ->
     ):
         raise Problem(415, f"Content-Type must be one of {', '.join(t for t in types if t)}",
                       "Content-Type")  # fmt: skip
+    raw = await read_body(request, limit)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Problem(400, "body is not valid JSON", "body") from None
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body's bytes, within ``limit`` bytes and ``BODY_TIMEOUT_S``."""
     if request.content_length is not None and request.content_length > limit:
         raise Problem(413, f"body is larger than {limit} bytes", "body")
     chunks: list[bytes] = []
@@ -103,10 +112,7 @@ async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) ->
         raise Problem(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", "body") from None
     except ConnectionResetError:
         raise Problem(400, "the client went away before sending the whole body", "body") from None
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
-        raise Problem(400, "body is not valid JSON", "body") from None
+    return b"".join(chunks)
 
 
 def parse_events(
@@ -217,12 +223,14 @@ def _said(notes: list[FieldWarning], warned: Counter[str], source: str) -> dict[
     return {"warnings": [{"field": n.field, "warning": n.warning} for n in notes]}
 
 
-def answer_events(answers: list[dict[str, Any]], errors: list[dict[str, Any]]) -> web.Response:
+def answer_events(
+    answers: list[dict[str, Any]], errors: list[dict[str, Any]], **extra: str
+) -> web.Response:
     if not answers and errors:
         first = errors[0]
         body = {"error": first["error"], "field": first["field"], "errors": errors, "accepted": []}
         return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
-    body = {"accepted": answers, "errors": errors}
+    body = {"accepted": answers, "errors": errors, **extra}
     return web.Response(status=202, body=orjson.dumps(body), content_type="application/json")
 
 

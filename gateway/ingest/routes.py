@@ -23,7 +23,7 @@ from gateway.appkeys import INTEGRATIONS, SETTINGS, SIGNER, VISITORS
 from gateway.config import Integration
 from gateway.identity.consent import decide
 from gateway.identity.visitors import Click, Session, StitchRequest
-from gateway.ingest import segment_api
+from gateway.ingest import segment_api, shopify_pixel
 from gateway.ingest.browser import BrowserRequest, read_browser, set_cookie_headers
 from gateway.ingest.build import Origin, click_from_page
 from gateway.ingest.cors import allowed_origin, cors_headers, preflight, refuse
@@ -87,7 +87,9 @@ async def collect_browser(request: web.Request) -> web.Response:
     except REDIS_ERRORS as exc:
         headers["Retry-After"] = RETRY_AFTER_S
         return unavailable(exc).response(headers)
-    response = answer_events(answers, parsed.errors)
+    # the browser's own signed visitor, never a stitched one: c-shopify.js writes it into the cart
+    visitor = signer.visitor_cookie(browser.visitor_id)
+    response = answer_events(answers, parsed.errors, visitor=visitor)
     response.headers.update(headers)
     for value in set_cookie_headers(settings, signer, browser, click):
         response.headers.add("Set-Cookie", value)
@@ -170,3 +172,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/e", collect_browser)
     app.router.add_route("OPTIONS", "/e", preflight_browser)
     app.router.add_post("/v1/track", collect_server)
+    shopify_pixel.add_routes(app)
