@@ -32,7 +32,7 @@ from gateway.appkeys import (
 from gateway.content_encoding import SERVER_LOG, decoded_bodies
 from gateway.identity.cookies import CookieSigner
 from gateway.identity.visitors import VisitorStore
-from gateway.ingest import landing, routes, script, segment_api
+from gateway.ingest import landing, routes, script, segment_api, webhooks
 from gateway.ingest.enqueue import IngestQueue
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
 from gateway.logs import get_logger
@@ -156,6 +156,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     routes.add_routes(app)
     segment_api.add_routes(app)
+    webhooks.add_routes(app)
     script.add_routes(app)
     dashboard.add_routes(app)
     landing.add_routes(app)

@@ -60,6 +60,32 @@ class Integration:
     enabled: bool = True
 
 
+SHOPIFY_TOPICS = ("orders/create", "orders/paid")
+
+
+@dataclass(frozen=True, slots=True)
+class ShopWebhooks:
+    """The order webhooks of one integration's shop (``TTGW_CONFIG``), kept apart from
+    :class:`Integration` so that no secret of theirs is stored, listed or answered with it."""
+
+    pixel_code: str
+    shopify_shop_domain: str | None = None  # X-Shopify-Shop-Domain, e.g. shop.myshopify.com
+    shopify_webhook_secret: str | None = field(default=None, repr=False)
+    shopify_topics: tuple[str, ...] = ()  # none: TTGW_SHOPIFY_TOPICS
+    woocommerce_source: str | None = None  # X-WC-Webhook-Source's host, e.g. shop.example
+    woocommerce_webhook_secret: str | None = field(default=None, repr=False)
+
+
+def _topics(variable: str, raw: str) -> tuple[str, ...]:
+    topics = tuple(dict.fromkeys(t.strip().lower() for t in raw.split(",") if t.strip()))
+    bad = [t for t in topics if t not in SHOPIFY_TOPICS]
+    if bad or not topics:
+        raise SettingsError(
+            variable, f"each topic must be one of {', '.join(SHOPIFY_TOPICS)}, got {raw!r}"
+        )
+    return topics
+
+
 def _port(variable: str, raw: str) -> int:
     try:
         port = int(raw)

@@ -2,7 +2,10 @@
 
 Every table is checked as strictly as the environment: an unknown key, a bad pixel code, host
 name, phone region, consent category or event name raises :class:`SettingsError` naming the
-table and key, e.g. ``TTGW_CONFIG integrations[1].pixel_code``.
+table and key, e.g. ``TTGW_CONFIG integrations[1].pixel_code``. A table's order-webhook keys
+(``shopify_shop_domain``, ``shopify_webhook_secret``, ``shopify_topics``,
+``woocommerce_source``, ``woocommerce_webhook_secret``) become a :class:`ShopWebhooks`, apart
+from the integration.
 """
 
 from __future__ import annotations
@@ -10,29 +13,40 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.config import (
     CONSENT_CATEGORIES,
     Integration,
     SettingsError,
+    ShopWebhooks,
     _hostname,
     _pixel,
     _region,
+    _topics,
 )
 from gateway.tiktok.names import event_name_problem
 
-__all__ = ["integrations_from_toml"]
+__all__ = ["config_from_toml", "integrations_from_toml"]
 
 _TABLE_KEYS = frozenset(
     {
         "name", "pixel_code", "access_token", "test_event_code", "hostnames",
         "default_phone_region", "required_consent", "event_overrides", "enabled",
+        "shopify_shop_domain", "shopify_webhook_secret", "shopify_topics", "woocommerce_source",
+        "woocommerce_webhook_secret",
     }
 )  # fmt: skip
 
 
 def integrations_from_toml(path: Path) -> list[Integration]:
     """The integrations of the TOML file at ``path``, in file order, each one checked."""
+    return config_from_toml(path)[0]
+
+
+def config_from_toml(path: Path) -> tuple[list[Integration], list[ShopWebhooks]]:
+    """The integrations of the TOML file at ``path`` and the order webhooks of those that have
+    some, in file order, each one checked."""
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -45,7 +59,48 @@ def integrations_from_toml(path: Path) -> list[Integration]:
         raise SettingsError(
             "TTGW_CONFIG", "integrations must be an array of tables [[integrations]]"
         )
-    return [_integration_from_table(n, table) for n, table in enumerate(tables)]
+    integrations: list[Integration] = []
+    webhooks: list[ShopWebhooks] = []
+    for n, table in enumerate(tables):
+        integration = _integration_from_table(n, table)
+        integrations.append(integration)
+        hooks = _webhooks_from_table(n, table, integration.pixel_code)
+        if hooks != ShopWebhooks(integration.pixel_code):
+            webhooks.append(hooks)
+    return integrations, webhooks
+
+
+def _webhooks_from_table(n: int, table: dict[str, Any], pixel: str) -> ShopWebhooks:
+    where = f"TTGW_CONFIG integrations[{n}]"
+    found: dict[str, str] = {}
+    for key in ("shopify_shop_domain", "shopify_webhook_secret", "woocommerce_source",
+                "woocommerce_webhook_secret"):  # fmt: skip
+        value = table.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise SettingsError(f"{where}.{key}", "must be a non-empty string")
+        found[key] = value.strip()
+    topics = table.get("shopify_topics")
+    if topics is not None and (
+        not isinstance(topics, list) or not all(isinstance(t, str) for t in topics)
+    ):
+        raise SettingsError(f"{where}.shopify_topics", "must be a list of strings")
+    domain, source = found.get("shopify_shop_domain"), found.get("woocommerce_source")
+    return ShopWebhooks(
+        pixel_code=pixel,
+        shopify_shop_domain=_hostname(f"{where}.shopify_shop_domain", domain) if domain else None,
+        shopify_webhook_secret=found.get("shopify_webhook_secret"),
+        shopify_topics=_topics(f"{where}.shopify_topics", ",".join(topics)) if topics else (),
+        woocommerce_source=_source_host(f"{where}.woocommerce_source", source) if source else None,
+        woocommerce_webhook_secret=found.get("woocommerce_webhook_secret"),
+    )
+
+
+def _source_host(variable: str, raw: str) -> str:
+    """A WooCommerce site as its host name: ``shop.example`` or ``https://shop.example/``."""
+    host = urlsplit(raw).hostname if "://" in raw else raw.strip("/")
+    return _hostname(variable, host or raw)
 
 
 def _integration_from_table(n: int, table: Any) -> Integration:

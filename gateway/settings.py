@@ -23,6 +23,7 @@ from gateway.config import (
     Integration,
     IPNetwork,
     SettingsError,
+    ShopWebhooks,
     _api_url,
     _choice,
     _cookie_domain,
@@ -36,8 +37,9 @@ from gateway.config import (
     _redis_url,
     _region,
     _token,
+    _topics,
 )
-from gateway.config_file import integrations_from_toml
+from gateway.config_file import config_from_toml
 from gateway.store import keys
 
 DEFAULT_TIKTOK_API_URL = "https://business-api.tiktok.com/open_api/v1.3/"
@@ -88,6 +90,11 @@ class Settings:
     paused_probe_s: float = keys.PAUSED_PROBE_INTERVAL_S
     pixel_origin: str = "https://analytics.tiktok.com"
     coverage_drop_alert: float = 0.3
+    # order webhooks (DESIGN §8): the shared secrets, and those of TTGW_CONFIG's integrations
+    shopify_webhook_secret: str | None = field(default=None, repr=False)
+    shopify_topics: tuple[str, ...] = ("orders/create",)
+    woocommerce_webhook_secret: str | None = field(default=None, repr=False)
+    webhooks: tuple[ShopWebhooks, ...] = ()
     # Where each secret came from on this start: generated now (and written to the data dir's
     # secrets file), read from that file, else (in neither) given by the environment.
     generated_secrets: tuple[str, ...] = ()
@@ -131,7 +138,7 @@ class Settings:
 
         data_dir = _data_dir(get("TTGW_DATA_DIR") or ".ttgw")
         config_path = _config_path(get("TTGW_CONFIG"))
-        integrations = _integrations(
+        integrations, webhooks = _integrations(
             get("TTGW_PIXEL_CODE"),
             get("TTGW_ACCESS_TOKEN"),
             get("TTGW_TEST_EVENT_CODE"),
@@ -238,6 +245,12 @@ class Settings:
             coverage_drop_alert=_decimal(
                 "TTGW_COVERAGE_DROP_ALERT", get("TTGW_COVERAGE_DROP_ALERT") or "0.3", 0.01, 1
             ),
+            shopify_webhook_secret=get("TTGW_SHOPIFY_WEBHOOK_SECRET"),
+            shopify_topics=_topics(
+                "TTGW_SHOPIFY_TOPICS", get("TTGW_SHOPIFY_TOPICS") or "orders/create"
+            ),
+            woocommerce_webhook_secret=get("TTGW_WOOCOMMERCE_WEBHOOK_SECRET"),
+            webhooks=webhooks,
             generated_secrets=generated,
             stored_secrets=stored,
         )
@@ -271,8 +284,9 @@ def _phone_region(raw: str | None) -> str | None:
 
 def _integrations(
     pixel: str | None, token: str | None, test_code: str | None, config_path: Path | None
-) -> tuple[Integration, ...]:
+) -> tuple[tuple[Integration, ...], tuple[ShopWebhooks, ...]]:
     found: list[Integration] = []
+    webhooks: list[ShopWebhooks] = []
     if pixel is not None or token is not None:
         if pixel is None:
             raise SettingsError("TTGW_PIXEL_CODE", "is required when TTGW_ACCESS_TOKEN is set")
@@ -289,12 +303,13 @@ def _integrations(
     elif test_code is not None:
         raise SettingsError("TTGW_TEST_EVENT_CODE", "needs TTGW_PIXEL_CODE and TTGW_ACCESS_TOKEN")
     if config_path is not None:
-        found.extend(integrations_from_toml(config_path))
+        from_file, webhooks = config_from_toml(config_path)
+        found.extend(from_file)
     pixels = [i.pixel_code for i in found]
     duplicated = sorted({p for p in pixels if pixels.count(p) > 1})
     if duplicated:
         raise SettingsError("TTGW_CONFIG", f"pixel configured twice: {', '.join(duplicated)}")
-    return tuple(found)
+    return tuple(found), tuple(webhooks)
 
 
 _SECRET_FACTORIES = {
