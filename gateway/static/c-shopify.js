@@ -17,7 +17,7 @@
     method: 'POST',
     credentials: 'include',
     headers: { 'Content-Type': 'text/plain' },
-    body: JSON.stringify({ type: 'identify' }),
+    body: JSON.stringify({ events: [{ type: 'identify' }] }),
   }).then((r) => r.json()).then((answer) => {
     const visitor = answer.visitor;
     const store = w.localStorage;
