@@ -12,11 +12,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from playwright.async_api import BrowserContext, Page, Route
 
 from gateway.operate.shopify_pixel import render
 from gateway.settings import Settings
 from tests.browser_support import Stack, chromium, sha, storefront_stack
+from tests.test_webhooks import SHOPIFY_SECRET, shopify_headers, shopify_order
 
 MakeSettings = Callable[..., Settings]
 TTCLID = "E.C.P.CsQBshopifyPixelClick-abc_123"
@@ -149,10 +151,13 @@ async def test_the_collector_writes_the_visitor_into_the_cart_once(
     assert stack.console_errors == []
 
 
-async def test_the_custom_pixel_sends_the_funnel_from_the_sandbox(
+async def test_the_journey_from_a_click_through_the_pixel_to_the_twice_sent_webhook(
     make_settings: MakeSettings, redis_url: str
 ) -> None:
-    async with storefront_stack(make_settings, redis_url) as stack, chromium() as browser:
+    """A click lands, the cart names the visitor, the pixel reports the purchase from the sandbox,
+    the signed order webhook arrives twice: TikTok gets one purchase, with everything."""
+    env = {"TTGW_SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET}
+    async with storefront_stack(make_settings, redis_url, **env) as stack, chromium() as browser:
         context = await browser.new_context()
         page = await land(stack, context, Cart())
         storage = await page.evaluate(
@@ -193,6 +198,30 @@ async def test_the_custom_pixel_sends_the_funnel_from_the_sandbox(
         # an opaque origin, as in Shopify's sandbox: /e refuses it, the pixel's endpoint takes it
         refused = f"Access to fetch at '{stack.gateway_url}/e' from origin 'null'"
         assert any(e.startswith(refused) for e in stack.console_errors)
+        # the signed order webhook, delivered twice: the pixel's purchase already holds the id
+        order = shopify_order(
+            id=int(ORDER_ID),
+            note_attributes=[{"name": "_ttgw_visitor", "value": storage["local"]["_ttgw_visitor"]}],
+        )
+        body = json.dumps(order).encode()
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):
+                async with http.post(
+                    stack.gateway_url + "/v1/webhooks/shopify",
+                    data=body,
+                    headers=shopify_headers(body),
+                ) as answer:
+                    assert answer.status == 200, await answer.text()
+            marker = {"type": "track", "event": "Search", "event_id": "marker-1"}
+            async with http.post(
+                stack.gateway_url + "/e/shopify-pixel",
+                data=json.dumps(marker),
+                headers={"Content-Type": "text/plain"},
+            ) as answer:
+                assert answer.status == 202
+        received = await stack.tiktok.state.wait_for_events(len(received) + 1)
+        assert received[-1].event_id == "marker-1"
+        assert [e.event_id for e in received if e.event == "Purchase"] == [f"ord_{ORDER_ID}"]
         await context.close()
     errors = [e for e in stack.console_errors if "origin 'null'" not in e]
     assert [e for e in errors if "net::ERR_FAILED" not in e] == []
