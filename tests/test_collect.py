@@ -23,6 +23,7 @@ from tests.ingest_support import (
     GatewayFactory,
     make_gateway,
     queued,
+    set_cookies,
     sha,
     track,
 )
@@ -60,6 +61,8 @@ async def test_one_event_is_queued_with_hashed_identifiers(
     response = await client.post("/e", json=body)
     assert response.status == 202
     answer = await response.json()
+    # the browser's own signed visitor, the cookie's value (c-shopify.js writes it into the cart)
+    assert set_cookies(response)["_ttgw"].startswith(f"_ttgw={answer.pop('visitor')};")
     assert answer == {
         "accepted": [
             {"index": 0, "event": "Purchase", "event_id": "ord_84213", "status": "queued"}
