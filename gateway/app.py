@@ -96,7 +96,12 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     # every request's scripts of one loop iteration share a round trip (group commit)
     app[COALESCER] = coalescer = Coalescer(client, stats_calls)
     app[INGEST] = IngestQueue(client, coalescer.run)
-    app[VISITORS] = VisitorStore(client, coalescer.run)
+    app[VISITORS] = VisitorStore(
+        client,
+        coalescer.run,
+        click_ttl_s=settings.click_ttl_s,
+        session_ttl_s=settings.session_ttl_s,
+    )
     app[STORE] = store = IntegrationStore(client, TokenBox(settings.secret_key))
     stop = asyncio.Event()
     # integrations changed through the admin API reach this process within seconds

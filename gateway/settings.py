@@ -82,6 +82,8 @@ class Settings:
     retry_cap_s: float = keys.RETRY_CAP_S
     dead_letter_after_s: int = keys.DEAD_LETTER_HORIZON_S
     receipt_ttl_s: int = keys.RECEIPT_TTL_S
+    session_ttl_s: int = keys.VISITOR_TTL_S  # visitors and links, after their last activity
+    click_ttl_s: int = keys.CLICK_TTL_S  # the longest click-through attribution window served
     rate_limit_rps: float = keys.RATE_LIMIT_REQUESTS_PER_S
     rate_limit_burst: int = keys.RATE_LIMIT_BURST
     delivery_concurrency: int = keys.DELIVERY_CONCURRENCY
@@ -107,6 +109,12 @@ class Settings:
                 f"must be at least {keys.IDEMPOTENCY_TTL_S} (TikTok's 48 h dedup window: the "
                 "receipt is the idempotency marker) and at least TTGW_DEAD_LETTER_AFTER_S "
                 "(a receipt must outlive its event)",
+            )
+        if self.session_ttl_s < self.click_ttl_s:
+            raise SettingsError(
+                "TTGW_SESSION_TTL_S",
+                f"must be at least TTGW_CLICK_TTL_S ({self.click_ttl_s}): a click lives in its "
+                "visitor's record",
             )
 
     @property
@@ -202,6 +210,18 @@ class Settings:
                 get("TTGW_RECEIPT_TTL_S") or str(keys.RECEIPT_TTL_S),
                 3600,
                 400 * 86400,
+            ),
+            session_ttl_s=_integer(
+                "TTGW_SESSION_TTL_S",
+                get("TTGW_SESSION_TTL_S") or str(keys.VISITOR_TTL_S),
+                86400,
+                400 * 86400,
+            ),
+            click_ttl_s=_integer(
+                "TTGW_CLICK_TTL_S",
+                get("TTGW_CLICK_TTL_S") or str(keys.CLICK_TTL_S),
+                86400,
+                28 * 86400,
             ),
             rate_limit_rps=_decimal(
                 "TTGW_RATE_LIMIT_RPS",

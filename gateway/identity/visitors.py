@@ -24,9 +24,10 @@ What each request does:
   did, nobody's session — only a click, if every claimant carries the same one. Matched through a
   verified link, it links its identifiers to that visitor as verified; through a claim, nothing.
 
-Clicks older than :data:`~gateway.keys.CLICK_TTL_S` are never attached, links older than
-:data:`~gateway.keys.VISITOR_TTL_S` never count, and visitor records expire that long after the
-last activity.
+Clicks older than ``TTGW_CLICK_TTL_S`` (default :data:`~gateway.keys.CLICK_TTL_S`) are never
+attached, links older than ``TTGW_SESSION_TTL_S`` (default :data:`~gateway.keys.VISITOR_TTL_S`)
+never count, and visitor records and link sets expire that long after the last activity.
+:mod:`gateway.identity.forget` erases one person's.
 """
 
 from __future__ import annotations
@@ -248,9 +249,17 @@ class StitchRequest:
 class VisitorStore:
     """Reads and writes visitors and links."""
 
-    def __init__(self, redis: RedisClient, run: RunCalls | None = None) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        run: RunCalls | None = None,
+        *,
+        click_ttl_s: int = keys.CLICK_TTL_S,
+        session_ttl_s: int = keys.VISITOR_TTL_S,
+    ) -> None:
         self.redis = redis
         self._run: RunCalls = run or partial(eval_many, redis)
+        self.click_ttl_s, self.session_ttl_s = click_ttl_s, session_ttl_s
 
     async def stitch_many(self, requests: Sequence[StitchRequest], now_ms: int) -> list[Session]:
         """Apply every request in one round trip; the resulting session of each, in order."""
@@ -265,13 +274,13 @@ class VisitorStore:
                 update["click"] = request.click.to_json()
             visitor = request.visitor_id or ""
             args: list[str | bytes | int | float] = [
-                visitor, now_ms, keys.CLICK_TTL_S * 1000, keys.VISITOR_TTL_S,
+                visitor, now_ms, self.click_ttl_s * 1000, self.session_ttl_s,
                 keys.visitor_key(""), orjson.dumps(update), LINK_KEEP, request.source.value,
             ]  # fmt: skip
             claims, verified = [p[0] for p in pairs], [p[1] for p in pairs]
             calls.append((_STITCH, [keys.visitor_key(visitor or "-"), *claims, *verified], args))
         replies = await self._run(calls)
-        return [_session(reply, now_ms) for reply in replies]
+        return [_session(reply, now_ms - self.click_ttl_s * 1000) for reply in replies]
 
     async def stitch(self, request: StitchRequest, now_ms: int) -> Session:
         """:meth:`stitch_many` for one request."""
@@ -279,15 +288,15 @@ class VisitorStore:
         return session
 
 
-def _session(reply: list[bytes], now_ms: int) -> Session:
+def _session(reply: list[bytes], oldest_click_ms: int) -> Session:
     if not reply:
         return Session()
     visitor = reply[0].decode()
     fields = {reply[i].decode(): reply[i + 1].decode() for i in range(1, len(reply) - 1, 2)}
     return Session(
         visitor_id=visitor or None,  # '' when claims disagree: no one's session, maybe a click
-        click=_click(fields.get("click"), now_ms),
-        borrowed_click=_click(fields.get("borrowed"), now_ms),
+        click=_click(fields.get("click"), oldest_click_ms),
+        borrowed_click=_click(fields.get("borrowed"), oldest_click_ms),
         ttp=fields.get("ttp"),
         ip=fields.get("ip"),
         user_agent=fields.get("user_agent"),
@@ -295,8 +304,8 @@ def _session(reply: list[bytes], now_ms: int) -> Session:
     )
 
 
-def _click(raw: str | None, now_ms: int) -> Click | None:
+def _click(raw: str | None, oldest_click_ms: int) -> Click | None:
     click = Click.from_json(orjson.loads(raw)) if raw else None
-    if click is not None and now_ms - click.click_ms > keys.CLICK_TTL_S * 1000:
+    if click is not None and click.click_ms < oldest_click_ms:
         return None
     return click

@@ -25,7 +25,6 @@ from gateway.identity.cookies import (
 from gateway.identity.visitors import Click
 from gateway.ingest.forwarded import client_ip, forwarded_proto
 from gateway.settings import Settings
-from gateway.store import keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +66,7 @@ def read_browser(
     visitor = signer.read_visitor(cookies.get(VISITOR_COOKIE))
     click = None
     stored = signer.read_click(cookies.get(CLICK_COOKIE))
-    if stored is not None and now_ms - stored[1] <= keys.CLICK_TTL_S * 1000:
+    if stored is not None and now_ms - stored[1] <= settings.click_ttl_s * 1000:
         click = Click(ttclid=stored[0], click_ms=stored[1])
     trusted = settings.trusted_proxies
     ua = request.headers.get("User-Agent", "").strip()[:1024] or None
