@@ -95,7 +95,7 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     # every request's scripts of one loop iteration share a round trip (group commit)
     app[COALESCER] = coalescer = Coalescer(client, stats_calls)
-    app[INGEST] = IngestQueue(client, coalescer.run)
+    app[INGEST] = IngestQueue(client, coalescer.run, coalescer.count)
     app[VISITORS] = VisitorStore(
         client,
         coalescer.run,

@@ -19,6 +19,7 @@ from gateway.config import SettingsError
 from gateway.delivery.serve import serve_worker
 from gateway.logs import configure_logging, get_logger
 from gateway.operate import commands
+from gateway.operate.erasure import add_forget_parser, forget_command
 from gateway.settings import Settings
 from gateway.store import keys
 from gateway.store.embedded import EmbeddedRedis, EmbeddedRedisError
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     send_test.add_argument(
         "--test-event-code", help="Events Manager's test code (default: the integration's)"
     )
+
+    add_forget_parser(subcommands)
 
     pixel = subcommands.add_parser(
         "shopify-pixel", help="print the Custom Pixel to paste into Shopify's Customer events"
@@ -317,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             with redis_for(settings) as ready:
                 return asyncio.run(commands.replay_command(ready, args))
+        if args.command == "forget":
+            with redis_for(settings) as ready:
+                return asyncio.run(forget_command(ready, args))
         if args.command == "send-test":
             with redis_for(settings) as ready:
                 return asyncio.run(commands.send_test(ready, args))

@@ -47,6 +47,7 @@ from gateway.delivery.pauses import Pauses
 from gateway.delivery.ratelimit import RateLimiter
 from gateway.delivery.verdicts import Answer, Verdict
 from gateway.logs import get_logger
+from gateway.operate.health import count_delivered
 from gateway.operate.metrics import (
     DELIVERY_OUTCOMES,
     DELIVERY_SECONDS,
@@ -55,7 +56,7 @@ from gateway.operate.metrics import (
     REQUEST_EVENTS,
     event_label,
 )
-from gateway.operate.stats import count_coverage, count_flow, present_keys
+from gateway.operate.stats import count_flow, present_keys
 from gateway.settings import Settings
 from gateway.store.connections import LuaCall, RedisClient, is_outage
 
@@ -362,8 +363,13 @@ class Sender:
         try:
             await count_flow(self.redis, counts)
             if verdict is Verdict.DELIVERED:
-                shapes = (e.shape or coverage_shape(orjson.loads(e.data)) for e in entries)
-                await count_coverage(self.redis, shapes)
+                await count_delivered(
+                    self.redis,
+                    [
+                        (e.event, e.source, e.shape or coverage_shape(orjson.loads(e.data)))
+                        for e in entries
+                    ],
+                )
         except Exception as exc:
             log.warning("stats_failed", error=type(exc).__name__)
 

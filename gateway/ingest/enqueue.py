@@ -23,14 +23,25 @@ Stream entry fields: ``pixel``, ``event`` (the canonical name), ``event_id``, ``
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 
+from gateway.operate.health import mirror_counts
+from gateway.operate.stats import stats_calls
 from gateway.store import keys
-from gateway.store.connections import Lua, LuaCall, RedisClient, RunCalls, eval_many
+from gateway.store.connections import (
+    REDIS_ERRORS,
+    Lua,
+    LuaCall,
+    RedisClient,
+    RunCalls,
+    eval_many,
+)
 from gateway.tiktok.names import canonical_event
 
 # Shared by both ingest scripts. KEYS[1] is the receipt; the time-ordered receipt log and the
@@ -91,6 +102,10 @@ _ENQUEUE = Lua(
 local received = tonumber(ARGV[4])
 local canonical = string.match(ARGV[5], '\31(.*)$')
 if duplicate(KEYS[1], KEYS[5], received, tonumber(ARGV[1]) * 1000) then
+  -- the first copy from the other side (page or backend) of a mirrored event: a server twin
+  local first = redis.call('HMGET', KEYS[1], 'source', 'received_ms')
+  local twin = ((first[1] or 'server') == 'browser') ~= (ARGV[8] == 'browser')
+    and redis.call('HSETNX', KEYS[1], 'twin', ARGV[8]) == 1
   -- the page's copy of an event a backend queued under another alias, not yet sent: ours goes
   -- under the page's name, so TikTok pairs it with the pixel's copy (the first page copy wins)
   if ARGV[8] == 'browser' then
@@ -101,6 +116,7 @@ if duplicate(KEYS[1], KEYS[5], received, tonumber(ARGV[1]) * 1000) then
       redis.call('HSET', KEYS[1], 'send_as', ARGV[9])
     end
   end
+  if twin then return {0, first[1] or 'server', first[2] or ARGV[4]} end
   return 0
 end
 local limit = tonumber(ARGV[2])
@@ -172,9 +188,15 @@ class Outgoing:
 class IngestQueue:
     """The ingest side of the queue."""
 
-    def __init__(self, redis: RedisClient, run: RunCalls | None = None) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        run: RunCalls | None = None,
+        count: Callable[[Mapping[str, int]], None] | None = None,
+    ) -> None:
         self.redis = redis
         self._run: RunCalls = run or partial(eval_many, redis)
+        self._count = count  # counters written with a later round trip (the Coalescer's)
 
     async def submit(
         self,
@@ -230,9 +252,10 @@ class IngestQueue:
                 )
             )  # fmt: skip
         results = await self._run(calls)
+        await self._count_mirror(items, results, received_ms)
         statuses: list[Status] = []
         for item, result in zip(items, results, strict=True):
-            if result == 0:
+            if result == 0 or isinstance(result, list):  # a list: a duplicate that is a twin
                 statuses.append(Status.DUPLICATE)
             elif item.suppressed is not None:
                 statuses.append(Status.SUPPRESSED)
@@ -241,3 +264,20 @@ class IngestQueue:
             else:
                 statuses.append(Status.QUEUED)
         return statuses
+
+    async def _count_mirror(
+        self, items: Sequence[Outgoing], results: Sequence[object], received_ms: int
+    ) -> None:
+        """Pixel events and their server twins (``operate/health.py``), best effort."""
+        counts: Counter[str] = Counter()
+        for item, result in zip(items, results, strict=True):
+            if item.suppressed is None:
+                counts.update(mirror_counts(canonical_event(item.event), item.source, result,
+                                            received_ms))  # fmt: skip
+        if not counts:
+            return
+        if self._count is not None:
+            self._count(counts)
+            return
+        with contextlib.suppress(*REDIS_ERRORS):
+            await eval_many(self.redis, stats_calls(counts))

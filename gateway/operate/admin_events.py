@@ -17,6 +17,7 @@ from gateway.delivery.replay import dead_letters, replay
 from gateway.operate.admin_http import BadRequest, _body, _json
 from gateway.operate.admin_integrations import _paused
 from gateway.operate.commands import parse_time, send_test_event
+from gateway.operate.health import health as attribution_health
 from gateway.operate.stats import coverage, drop_alerts, flow, warnings_by_field
 from gateway.store import keys
 from gateway.tiktok.names import canonical_event
@@ -207,6 +208,7 @@ async def stats(request: web.Request) -> web.Response:
             "coverage": report,
             "alerts": drop_alerts(report, settings.coverage_drop_alert),
             "warnings": await warnings_by_field(redis),
+            "health": await attribution_health(redis, settings.coverage_drop_alert),
         }
     )
 

@@ -74,13 +74,24 @@ def flow_calls(counts: Mapping[str, int], now: float | None = None) -> list[LuaC
 
 
 WARNING_PREFIX = "warn:"  # a count for :func:`stats_calls` that goes to the warnings hash
+HEALTH_PREFIX = "health:"  # ``health:<hour>:<field>``: to that hour's attribution-health hash
 
 
 def stats_calls(counts: Mapping[str, int], now: float | None = None) -> list[LuaCall]:
     """Flow counters to this minute's hash (:func:`flow_calls`); counts named
-    ``warn:<field>`` to this hour's dropped-field counters (:func:`warnings_by_field`)."""
-    flow_counts = {k: v for k, v in counts.items() if not k.startswith(WARNING_PREFIX)}
+    ``warn:<field>`` to this hour's dropped-field counters (:func:`warnings_by_field`), and
+    ``health:<hour>:<field>`` to that hour's attribution-health counters (``health.py``)."""
+    prefixes = (WARNING_PREFIX, HEALTH_PREFIX)
+    flow_counts = {k: v for k, v in counts.items() if not k.startswith(prefixes)}
     calls = flow_calls(flow_counts, now)
+    by_hour: dict[int, list[str | int]] = {}
+    for name, value in counts.items():
+        if value and name.startswith(HEALTH_PREFIX):
+            at, field = name[len(HEALTH_PREFIX) :].split(":", 1)
+            by_hour.setdefault(int(at), []).extend([field, value])
+    for unix_hour, fields in by_hour.items():
+        key = keys.health_key(unix_hour)
+        calls.append((_INCREMENT, [key], [keys.COVERAGE_TTL_S, *fields]))
     pairs: list[str | int] = []
     for name, value in counts.items():
         if value and name.startswith(WARNING_PREFIX):
@@ -106,16 +117,22 @@ async def warnings_by_field(
     return dict(total.most_common())
 
 
-async def count_coverage(
-    redis: RedisClient, events: Iterable[Mapping[str, Any]], now: float | None = None
-) -> None:
-    """Count delivered events and the match keys each carried, by event name, this hour."""
+def coverage_fields(events: Iterable[Mapping[str, Any]]) -> Counter[str]:
+    """The coverage counter fields of events: ``<event>|total`` and ``<event>|<key>``."""
     fields: Counter[str] = Counter()
     for event in events:
         name = str(event.get("event", ""))
         fields[f"{name}|total"] += 1
         for key in present_keys(event):
             fields[f"{name}|{key}"] += 1
+    return fields
+
+
+async def count_coverage(
+    redis: RedisClient, events: Iterable[Mapping[str, Any]], now: float | None = None
+) -> None:
+    """Count delivered events and the match keys each carried, by event name, this hour."""
+    fields = coverage_fields(events)
     if not fields:
         return
     hour_key = keys.coverage_key(hour(now))

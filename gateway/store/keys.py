@@ -137,6 +137,12 @@ def coverage_key(hour: int) -> str:
     return f"{PREFIX}:{STATS_TAG}:cov:{hour}"
 
 
+def health_key(hour: int) -> str:
+    """Attribution-health counters of one hour (Unix hours): fields ``<event>|<source>|<share>``
+    at delivery and ``<event>|mirror|pixel`` / ``|twin`` at ingest (``operate/health.py``)."""
+    return f"{PREFIX}:{STATS_TAG}:health:{hour}"
+
+
 # --- tunables ---------------------------------------------------------------------------------
 # Time windows
 IDEMPOTENCY_TTL_S = 48 * 3600  # TikTok's Events API dedup window
