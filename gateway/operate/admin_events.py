@@ -20,11 +20,14 @@ from gateway.operate.commands import parse_time, send_test_event
 from gateway.operate.health import health as attribution_health
 from gateway.operate.stats import coverage, drop_alerts, flow, warnings_by_field
 from gateway.store import keys
+from gateway.store.connections import RedisClient
 from gateway.tiktok.names import canonical_event
 
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 STATES = ("queued", "retrying", "delivered", "dead", "suppressed")
 PAGE_MAX = 200
+SEARCH_MAX = 1000  # receipts a search by ``q`` reads at most
+SEARCH_TEXT_MAX = 200
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -63,12 +66,37 @@ def _summary(receipt: dict[str, Any]) -> dict[str, Any]:
         "first_try_ms",
         "last_try_ms",
         "duplicates",
+        "source",
     )
-    return {name: receipt.get(name) for name in names}
+    summary = {name: receipt.get(name) for name in names}
+    payload = receipt.get("payload")
+    user = payload.get("user") if isinstance(payload, dict) else None
+    summary["click"] = bool(user.get("ttclid")) if isinstance(user, dict) else None
+    return summary
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+async def _search(redis: RedisClient, text: str) -> list[tuple[str, str]]:
+    """Receipt members whose event_id contains ``text`` (``1042`` finds ``ord_1042``), from the
+    event_id index; at most ``SEARCH_MAX`` event ids. A log id of "0-0": search is not paged."""
+    found: list[tuple[str, str]] = []
+    pattern = f"*{_glob_escape(text)}*"
+    async for raw_id, raw_pairs in redis.hscan_iter(keys.RECEIPT_IDS_HASH, pattern, count=1000):
+        event_id = raw_id.decode()
+        found.extend(
+            (f"{pair}\x1f{event_id}", "0-0") for pair in raw_pairs.decode().split("\x1e") if pair
+        )
+        if len(found) >= SEARCH_MAX:
+            break
+    return found
 
 
 async def list_events(request: web.Request) -> web.Response:
-    """Receipts, newest first, filtered by state, pixel, event name and time, with a cursor."""
+    """Receipts, newest first, filtered by state, pixel, event name and time, with a cursor;
+    or, with ``q``, the receipts whose event_id contains it (a search, not paged)."""
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise BadRequest(f"one of {', '.join(STATES)}", "state")
@@ -77,6 +105,37 @@ async def list_events(request: web.Request) -> web.Response:
         event = canonical_event(event)
     limit = _int_param(request, "limit", 50, 1, PAGE_MAX)
     since, until = _time_param(request, "since"), _time_param(request, "until")
+    text = request.query.get("q", "").strip()
+    if len(text) > SEARCH_TEXT_MAX:
+        raise BadRequest(f"at most {SEARCH_TEXT_MAX} characters", "q")
+    redis = request.config_dict[REDIS]
+
+    async def matching(members: list[tuple[str, str]]) -> list[tuple[dict[str, Any], str]]:
+        pipe = redis.pipeline(transaction=False)
+        kept = []
+        for member, entry_id in members:
+            p, e, i = keys.split_dedup_id(member)
+            if (pixel and p != pixel) or (event and canonical_event(e) != event):
+                continue
+            kept.append((member, entry_id))
+            pipe.hgetall(keys.receipt_key(p, e, i))
+        out = []
+        for (member, entry_id), raw in zip(kept, await pipe.execute(), strict=True):
+            receipt = decode_receipt(raw, member) if raw else None
+            if receipt is not None and (not state or receipt.get("state") == state):
+                out.append((receipt, entry_id))
+        return out
+
+    if text:
+        received = [r for r, _ in await matching(await _search(redis, text))]
+        received = [
+            r
+            for r in received
+            if (since is None or (r.get("received_ms") or 0) >= since)
+            and (until is None or (r.get("received_ms") or 0) <= until)
+        ]
+        received.sort(key=lambda r: r.get("received_ms") or 0, reverse=True)
+        return _json({"events": [_summary(r) for r in received[:limit]], "next_cursor": None})
     cursor = request.query.get("cursor")
     high = str(until) if until is not None else "+"
     if cursor:
@@ -88,7 +147,6 @@ async def list_events(request: web.Request) -> web.Response:
             raise BadRequest("not a cursor from a previous page", "cursor")
         high = f"({decoded}"
     low = str(since) if since is not None else "-"
-    redis = request.config_dict[REDIS]
     found: list[dict[str, Any]] = []
     next_cursor: str | None = None
     while len(found) < limit:
@@ -99,21 +157,8 @@ async def list_events(request: web.Request) -> web.Response:
         if not page:
             break
         high = f"({page[-1][0].decode()}"
-        pipe = redis.pipeline(transaction=False)
-        members = []
-        for raw_id, fields in page:
-            member = fields.get(b"d", b"").decode()
-            p, e, i = keys.split_dedup_id(member)
-            if (pixel and p != pixel) or (event and canonical_event(e) != event):
-                continue
-            members.append((member, raw_id.decode()))
-            pipe.hgetall(keys.receipt_key(p, e, i))
-        for (member, entry_id), raw in zip(members, await pipe.execute(), strict=True):
-            if not raw:
-                continue
-            receipt = decode_receipt(raw, member)
-            if state and receipt.get("state") != state:
-                continue
+        members = [(f.get(b"d", b"").decode(), raw_id.decode()) for raw_id, f in page]
+        for receipt, entry_id in await matching(members):
             found.append(_summary(receipt))
             if len(found) == limit:
                 next_cursor = base64.urlsafe_b64encode(entry_id.encode()).decode().rstrip("=")
