@@ -248,7 +248,13 @@
 
   // ---------------------------------------------------------------- signing in and out
 
+  /* Other panels in their own files (explorer.js) share the token and the API through these. */
+  function announce(name, detail) {
+    document.dispatchEvent(new CustomEvent('ttgw:' + name, { detail: detail }));
+  }
+
   function askForToken(message) {
+    announce('signed-out', {});
     state.generation += 1;
     clearTimeout(state.timer);
     setToken(null);
@@ -343,6 +349,10 @@
     renderWarnings(stats.warnings || {});
     renderFailures(dead.events || [], dead.next_cursor, stats.queue.dead);
     renderTestPixels(state.integrations);
+    announce('refreshed', {
+      api: api, sandbox: state.sandbox, integrations: state.integrations,
+      signOut: function () { askForToken('That token was not accepted. Enter the admin token again.'); }
+    });
     byId('updated').textContent = 'Updated ' + fmtClock(Date.now()) + ' · every ' +
       REFRESH_MS / 1000 + ' s';
   }
