@@ -31,6 +31,7 @@ from gateway.operate.admin_integrations import (
     read_integration,
     update_integration,
 )
+from gateway.operate.erasure import erasure
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -56,4 +57,5 @@ def create_admin_app() -> web.Application:
     app.router.add_post("/replay", replay_dead_letters)
     app.router.add_get("/stats", stats)
     app.router.add_post("/test-event", test_event)
+    app.router.add_post("/erasure", erasure)
     return app
