@@ -39,6 +39,7 @@ async def test_files_are_served_from_an_allow_list_with_strict_headers(
     for path, content_type in [
         ("/dashboard", "text/html"),
         ("/dashboard/dashboard.js", "application/javascript"),
+        ("/dashboard/explorer.js", "application/javascript"),
         ("/dashboard/dashboard.css", "text/css"),
     ]:
         response = await client.get(path)
