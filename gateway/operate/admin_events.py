@@ -81,7 +81,8 @@ def _glob_escape(text: str) -> str:
 
 async def _search(redis: RedisClient, text: str) -> list[tuple[str, str]]:
     """Receipt members whose event_id contains ``text`` (``1042`` finds ``ord_1042``), from the
-    event_id index; at most ``SEARCH_MAX`` event ids. A log id of "0-0": search is not paged."""
+    event_id index; at most ``SEARCH_MAX`` receipts, each with log id "0-0" (a search has no
+    cursor)."""
     found: list[tuple[str, str]] = []
     pattern = f"*{_glob_escape(text)}*"
     async for raw_id, raw_pairs in redis.hscan_iter(keys.RECEIPT_IDS_HASH, pattern, count=1000):
