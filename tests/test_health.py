@@ -8,14 +8,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import expect
 from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.ingest.enqueue import IngestQueue, Outgoing, Status
 from gateway.operate.health import count_delivered
 from gateway.settings import Settings
+from tests.browser_support import chromium
 from tests.delivery_support import PIXEL
+from tests.test_dashboard import ARTIFACTS, VIEWPORT, points
 from tests.test_openapi import component_errors
 
 MakeSettings = Callable[..., Settings]
@@ -136,3 +139,75 @@ async def test_a_drop_in_a_share_raises_an_alert_naming_event_source_and_share(
     alerts = (await response.json())["health"]["alerts"]
     expected = {"event": "Purchase", "key": "ttclid", "yesterday": 1.0, "today": 0.0, "drop": 1.0}
     assert alerts == [{**expected, "source": "browser"}, {**expected, "source": "all"}]
+
+
+async def test_the_health_panel_reads_well_on_the_first_day_and_after_a_month(
+    make_settings: MakeSettings, redis_url: str, redis: Redis
+) -> None:
+    """In Chromium: the known mix as figures and bars on the first day; a month-old install
+    (168 hours of counters written directly) as one line per share across the chart."""
+    settings = make_settings(TTGW_REDIS_URL=redis_url, TTGW_ADMIN_TOKEN=ADMIN_TOKEN)
+    gateway = TestServer(create_app(settings), host="127.0.0.1")
+    await gateway.start_server()
+    await count_delivered(
+        redis,
+        delivered("Purchase", "browser", BROWSER_PURCHASES)
+        + delivered("Purchase", "server", SERVER_PURCHASES),
+    )
+    queue = IngestQueue(redis)
+    await queue.submit([item("Purchase", f"o{n}", "browser") for n in range(4)], max_events=0)
+    await queue.submit([item("Purchase", f"o{n}", "server") for n in range(3)], max_events=0)
+    try:
+        async with chromium() as browser:
+            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(str(gateway.make_url("/dashboard")))
+            await page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+            await page.get_by_label("Admin token").press("Enter")
+            section = page.locator("#health-section")
+            await expect(section).to_be_visible()
+            await expect(page.locator("#health-event")).to_have_value("Purchase")
+            rows = section.locator("#health-table tbody tr")
+            await expect(rows).to_have_count(3)
+            expected = {
+                "all": ("60 % (6 of 10)", "80 % (8 of 10)", "50 % (5 of 10)"),
+                "browser": ("100 % (4 of 4)", "50 % (2 of 4)", "75 % (3 of 4)"),
+                "server": ("33 % (2 of 6)", "100 % (6 of 6)", "33 % (2 of 6)"),
+            }
+            for source, figures in expected.items():
+                row = section.locator(f"tr[data-source='{source}']")
+                for share, figure in zip(("ttclid", "strong", "ipua"), figures, strict=True):
+                    await expect(row.locator(f"td[data-share='{share}']")).to_contain_text(figure)
+            await expect(section.locator("#health-mirror")).to_contain_text(
+                "75 % — 3 of 4 pixel events"
+            )
+            await expect(section.locator("#health-note")).to_contain_text("Collecting data: 1 hour")
+            bars = section.locator("#health-chart svg rect.health-bar")
+            await expect(bars).to_have_count(3)
+            heights = await bars.evaluate_all("rs => rs.map(r => r.getBBox().height)")
+            assert heights[1] > heights[0] > heights[2] > 0, heights  # 80 %, 60 %, 50 %
+            await expect(section.locator("#health-chart path.line")).to_have_count(0)
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.mouse.move(0, 0)
+            await section.screenshot(path=str(ARTIFACTS / "health-first-day.png"))
+
+            # a month later: every one of the last 168 hours has counts
+            now = time.time()
+            for h in range(1, 168):
+                users = [{**CLICK, **EMAIL, **IPUA}] * (h % 5) + [EMAIL] * 3 + [IPUA] * 2
+                await count_delivered(
+                    redis, delivered("Purchase", "server", users), now=now - h * 3600
+                )
+            await page.get_by_role("button", name="Refresh now").click()
+            lines = section.locator("#health-chart path.line")
+            await expect(lines).to_have_count(3)
+            await expect(section.locator("#health-note")).to_be_hidden()
+            drawn = await lines.evaluate_all("ps => ps.map(p => p.getAttribute('d'))")
+            for d in drawn:
+                xs = [x for x, _ in points(d)]
+                assert len(xs) == 168 and max(xs) - min(xs) > 600, d  # across the 720 wide chart
+            await section.screenshot(path=str(ARTIFACTS / "health-month.png"))
+        assert errors == []
+    finally:
+        await gateway.close()

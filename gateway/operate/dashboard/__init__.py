@@ -54,6 +54,7 @@ class Assets:
         {
             "index.html": "text/html",
             "dashboard.js": "application/javascript",
+            "health.js": "application/javascript",
             "explorer.js": "application/javascript",
             "dashboard.css": "text/css",
         }

@@ -301,6 +301,7 @@
     ['coverage-table', 'paused-table', 'failures-table'].forEach(function (id) {
       clear(byId(id).tBodies[0]);
     });
+    document.dispatchEvent(new CustomEvent('ttgw:reset')); // health.js forgets its figures
     state.stats = null;
     state.integrations = [];
     state.sandbox = false;
@@ -345,6 +346,7 @@
     renderQueue(stats);
     renderDeliveries(stats);
     renderCoverage(stats.coverage, stats.alerts || []);
+    document.dispatchEvent(new CustomEvent('ttgw:stats', { detail: stats })); // health.js
     renderPaused(stats.paused || []);
     renderWarnings(stats.warnings || {});
     renderFailures(dead.events || [], dead.next_cursor, stats.queue.dead);
