@@ -18,7 +18,7 @@ import orjson
 import pytest
 from redis import Redis
 
-COMMANDS = ("run", "serve", "worker", "replay", "doctor", "send-test", "emulator")
+COMMANDS = ("run", "serve", "worker", "replay", "doctor", "send-test", "forget", "emulator")
 
 
 def gateway(
