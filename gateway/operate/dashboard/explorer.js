@@ -31,7 +31,8 @@
     cursor: null,
     selected: null, // key of the event opened
     liveTimer: null,
-    generation: 0
+    generation: 0,
+    flash: null // the outcome of the last replay, by event key, shown while it is open
   };
 
   function byId(id) {
@@ -232,6 +233,11 @@
     const result = el('p', { id: 'explorer-replay-result', className: 'muted', role: 'status',
       'aria-live': 'polite' });
     replay.addEventListener('click', function () { replayEvent(r, replay, result); });
+    // a replay's outcome outlives the detail being drawn again (a list reload re-opens it)
+    if (state.flash && state.flash.key === keyOf(r)) {
+      result.className = state.flash.className;
+      result.textContent = state.flash.text;
+    }
     const payload = r.payload
       ? el('pre', { id: 'explorer-payload', className: 'payload', tabindex: '0',
         text: JSON.stringify(r.payload, null, 2) })
@@ -278,10 +284,9 @@
     if (!answer) return;
     const queued = answer.queued || 0;
     if (queued) {
+      state.flash = { key: keyOf(r), className: 'ok-text',
+        text: 'Replay: queued for delivery (the API answered queued: ' + queued + ').' };
       await openEvent(r);
-      const again = byId('explorer-replay-result');
-      again.className = 'ok-text';
-      again.textContent = 'Replay: queued for delivery (the API answered queued: ' + queued + ').';
       if (state.query) {
         const params = new URLSearchParams(state.query);
         params.delete('cursor');
