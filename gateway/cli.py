@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="web processes sharing the port through SO_REUSEPORT (1..64; default 1: this one)",
     )
+    serve.add_argument("--web-child", action="store_true", help=argparse.SUPPRESS)
     subcommands.add_parser("worker", help="delivery worker only: Redis queue -> TikTok Events API")
 
     replay = subcommands.add_parser(
@@ -328,9 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the operator commands print results on stdout; their logs go to stderr
         servers = args.command in ("run", "serve", "worker")
         configure_logging(settings.log_level, None if servers else sys.stderr)
-        if args.command == "serve" and web_workers.is_child():
+        if args.command == "serve" and args.web_child:
             web_workers.watch_parent()  # one of `serve --workers N`'s processes
-            return run_loop(_serve(settings, web_server=True, worker=False, banner=False))
+            with redis_for(settings) as ready:  # the parent's Redis, or its embedded one, shared
+                return run_loop(_serve(ready, web_server=True, worker=False, banner=False))
         if args.command in ("run", "serve", "worker"):
             with redis_for(settings, watch=True) as ready:
                 if args.command == "serve" and args.workers > 1:

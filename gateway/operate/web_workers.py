@@ -26,16 +26,11 @@ from gateway.store import keys
 
 log = get_logger("gateway.web_workers")
 
-CHILD_MARKER = "TT_GATEWAY_WEB_CHILD"  # set in a child's environment: serve, no banner
 MAX_WORKERS = 64
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_S = 30.0  # a child that lived this long resets its slot's backoff
 POLL_S = 0.1
-
-
-def is_child() -> bool:
-    return os.environ.get(CHILD_MARKER) == "1"
 
 
 def watch_parent() -> None:
@@ -84,18 +79,13 @@ class Supervisor:
         self.stopping = False
 
     def _command(self) -> list[str]:
-        return [sys.executable, "-m", "gateway", "serve",
+        # --web-child: serve, no banner; the child inherits the environment, and an embedded
+        # Redis the parent started is shared through its data dir (EmbeddedRedis attaches)
+        return [sys.executable, "-m", "gateway", "serve", "--web-child",
                 "--host", self.settings.host, "--port", str(self.port)]  # fmt: skip
 
-    def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env[CHILD_MARKER] = "1"
-        if self.settings.redis_url is not None:  # the embedded one the parent started, if any
-            env["TTGW_REDIS_URL"] = self.settings.redis_url
-        return env
-
     def _start(self, slot: _Slot) -> None:
-        slot.process = subprocess.Popen(self._command(), env=self._environment())  # noqa: S603
+        slot.process = subprocess.Popen(self._command())  # noqa: S603
         slot.started_at = time.monotonic()
         slot.restart_at = None
         log.info("web_worker_started", worker=slot.index, pid=slot.process.pid)
