@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import secrets
 import time
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import __version__
 from gateway.appkeys import (
@@ -59,32 +61,48 @@ log = get_logger("gateway.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (kept from a sane ``X-Request-ID``), bind it, log one line."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-    except web.HTTPException as exc:
-        status = exc.status
-        exc.headers[REQUEST_ID_HEADER] = request_id
-        raise
-    finally:
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-    response.headers[REQUEST_ID_HEADER] = request_id
-    return response
+ACCESS_LOG_SAMPLE = 100  # with TTGW_ACCESS_LOG=errors, 1 in this many answers below 400 is logged
+
+
+def request_context(access_log: str = "all") -> Middleware:
+    """The middleware that gives every request an id (kept from a sane ``X-Request-ID``), binds
+    it for every log line, and writes the access line as ``access_log`` (``TTGW_ACCESS_LOG``)
+    says: ``all``; ``errors`` (status >= 400 or an exception, and 1 in
+    :data:`ACCESS_LOG_SAMPLE` of the rest); ``off``."""
+    log_all = access_log == "all"
+    log_errors = access_log != "off"
+    sampled = itertools.count()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+        except web.HTTPException as exc:
+            status = exc.status
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        finally:
+            if log_all or (
+                log_errors and (status >= 400 or next(sampled) % ACCESS_LOG_SAMPLE == 0)
+            ):
+                log.info(
+                    "request",
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    return middleware
 
 
 async def redis_context(app: web.Application) -> AsyncIterator[None]:
@@ -147,7 +165,7 @@ def create_app(settings: Settings) -> web.Application:
     if settings.redis_url is None:
         raise ValueError("create_app needs settings.redis_url (start the embedded Redis first)")
     app = web.Application(
-        middlewares=[request_context, decoded_bodies],
+        middlewares=[request_context(settings.access_log), decoded_bodies],
         client_max_size=keys.TRACK_BODY_MAX_BYTES,
         handler_args={"logger": SERVER_LOG},
     )

@@ -18,7 +18,7 @@ from gateway.app import create_app
 from gateway.config import SettingsError
 from gateway.delivery.serve import serve_worker
 from gateway.logs import configure_logging, get_logger
-from gateway.operate import commands
+from gateway.operate import commands, web_workers
 from gateway.operate.erasure import add_forget_parser, forget_command
 from gateway.settings import Settings
 from gateway.store import keys
@@ -38,6 +38,18 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
     return port
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of processes: {text!r}") from None
+    if not 1 <= workers <= web_workers.MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1 and {web_workers.MAX_WORKERS}, got {workers}"
+        )
+    return workers
 
 
 def _listen_options(parser: argparse.ArgumentParser, default_port: str = "TTGW_PORT") -> None:
@@ -62,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     _listen_options(run)
     serve = subcommands.add_parser("serve", help="web server only (ingest, admin, dashboard)")
     _listen_options(serve)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="web processes sharing the port through SO_REUSEPORT (1..64; default 1: this one)",
+    )
+    serve.add_argument("--web-child", action="store_true", help=argparse.SUPPRESS)
     subcommands.add_parser("worker", help="delivery worker only: Redis queue -> TikTok Events API")
 
     replay = subcommands.add_parser(
@@ -212,7 +232,7 @@ def _banner(settings: Settings, port: int, *, worker: bool) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def _serve(settings: Settings, *, web_server: bool, worker: bool) -> int:
+async def _serve(settings: Settings, *, web_server: bool, worker: bool, banner: bool = True) -> int:
     """Serve until SIGINT or SIGTERM, then shut down in order: intake, delivery, resources."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -233,7 +253,8 @@ async def _serve(settings: Settings, *, web_server: bool, worker: bool) -> int:
             site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
             await site.start()
             port: int = runner.addresses[0][1]  # the bound one, when port 0 asked for any
-            _banner(settings, port, worker=worker)
+            if banner:
+                _banner(settings, port, worker=worker)
             log.info("started", host=settings.host, port=port, sandbox=settings.sandbox)
         if worker:
             delivery = asyncio.create_task(serve_worker(settings, worker_stop))
@@ -308,8 +329,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the operator commands print results on stdout; their logs go to stderr
         servers = args.command in ("run", "serve", "worker")
         configure_logging(settings.log_level, None if servers else sys.stderr)
+        if args.command == "serve" and args.web_child:
+            web_workers.watch_parent()  # one of `serve --workers N`'s processes
+            with redis_for(settings) as ready:  # the parent's Redis, or its embedded one, shared
+                return run_loop(_serve(ready, web_server=True, worker=False, banner=False))
         if args.command in ("run", "serve", "worker"):
             with redis_for(settings, watch=True) as ready:
+                if args.command == "serve" and args.workers > 1:
+                    return web_workers.supervise(
+                        ready, args.workers, lambda port: _banner(ready, port, worker=False)
+                    )
                 return run_loop(
                     _serve(
                         ready,

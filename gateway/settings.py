@@ -48,6 +48,7 @@ SECRETS_FILE = "secrets.json"
 SANDBOX_PIXEL_CODE = "SANDBOX0000000000000"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ACCESS_LOG_MODES = ("all", "errors", "off")  # errors: status >= 400 and 1 in 100 of the rest
 REDIS_FSYNC = ("everysec", "always")  # the embedded Redis's appendfsync
 PURCHASE_EVENTS = ("Purchase", "CompletePayment", "PlaceAnOrder")
 
@@ -74,6 +75,7 @@ class Settings:
     config_path: Path | None
     log_level: str
     redis_fsync: str = "everysec"
+    access_log: str = "all"
     default_phone_region: str | None = None  # for integrations without their own
     purchase_event: str = "Purchase"
     queue_max_events: int = 1_000_000
@@ -176,6 +178,9 @@ class Settings:
             config_path=config_path,
             log_level=_choice(
                 "TTGW_LOG_LEVEL", (get("TTGW_LOG_LEVEL") or "info").lower(), LOG_LEVELS
+            ),
+            access_log=_choice(
+                "TTGW_ACCESS_LOG", (get("TTGW_ACCESS_LOG") or "all").lower(), ACCESS_LOG_MODES
             ),
             default_phone_region=_phone_region(get("TTGW_DEFAULT_PHONE_REGION")),
             redis_fsync=_choice(

@@ -76,6 +76,27 @@ async def test_one_log_line_per_request_with_its_id(
     assert lines[0]["duration_ms"] >= 0
 
 
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("all", [200, 200, 200, 404, 200]),
+        ("errors", [200, 404]),  # the first of each 100 below 400 is sampled, every error kept
+        ("off", []),
+    ],
+)
+async def test_access_log_modes(
+    aiohttp_client, make_settings: MakeSettings, redis_url: str, mode: str, expected: list[int]
+) -> None:
+    settings = make_settings(TTGW_REDIS_URL=redis_url, TTGW_ACCESS_LOG=mode)
+    assert settings.access_log == mode
+    client = await aiohttp_client(create_app(settings))
+    with capture_logs() as logs:
+        for path in ("/healthz", "/healthz", "/healthz", "/nowhere", "/healthz"):
+            response = await client.get(path)
+            assert REQUEST_ID_HEADER in response.headers
+    assert [line["status"] for line in logs if line["event"] == "request"] == expected
+
+
 def test_json_logging_writes_one_object_per_line(
     capsysbinary: pytest.CaptureFixture[bytes],
 ) -> None:

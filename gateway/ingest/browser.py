@@ -39,6 +39,9 @@ class BrowserRequest:
     user_agent: str | None
     scheme: str
     host: str
+    # the incoming signed values, when they verified: sent back as they came (no new signature)
+    visitor_cookie: str | None = None
+    click_cookie: tuple[str, int, str] | None = None  # ttclid, click_ms, value
 
     def session_fields(self, now_ms: int, page_url: str | None) -> dict[str, str]:
         """What a stitch stores of this request's session: _ttp, IP, user agent, page, time."""
@@ -63,9 +66,11 @@ def read_browser(
 ) -> BrowserRequest:
     """Read the visitor's cookies, IP, user agent and scheme from ``request``."""
     cookies = parse_cookie_header(request.headers.get("Cookie"))
-    visitor = signer.read_visitor(cookies.get(VISITOR_COOKIE))
+    visitor_value = cookies.get(VISITOR_COOKIE)
+    visitor = signer.read_visitor(visitor_value)
     click = None
-    stored = signer.read_click(cookies.get(CLICK_COOKIE))
+    click_value = cookies.get(CLICK_COOKIE)
+    stored = signer.read_click(click_value)
     if stored is not None and now_ms - stored[1] <= settings.click_ttl_s * 1000:
         click = Click(ttclid=stored[0], click_ms=stored[1])
     trusted = settings.trusted_proxies
@@ -82,6 +87,8 @@ def read_browser(
             request.remote, request.scheme, request.headers.getall("X-Forwarded-Proto", []), trusted
         ),
         host=request.host,
+        visitor_cookie=visitor_value if visitor is not None else None,
+        click_cookie=(*stored, click_value) if stored is not None and click_value else None,
     )
 
 
@@ -99,13 +106,20 @@ def set_cookie_headers(
 ) -> list[str]:
     """Every Set-Cookie header of an answer: visitor, ``_ttp`` and, when known, the click."""
     policy = cookie_policy(settings, browser)
+    # A verified value is byte for byte what signing again would give: only Max-Age rolls on.
+    visitor_value = browser.visitor_cookie
+    if visitor_value is None or visitor_value.partition(".")[0] != browser.visitor_id:
+        visitor_value = signer.visitor_cookie(browser.visitor_id)
     headers = [
-        set_cookie_header(VISITOR_COOKIE, signer.visitor_cookie(browser.visitor_id), policy,
-                          http_only=True),
+        set_cookie_header(VISITOR_COOKIE, visitor_value, policy, http_only=True),
         # not HttpOnly: a pixel on the page reads and reuses the same browser id
         set_cookie_header(TTP_COOKIE, browser.ttp, policy, http_only=False),
     ]  # fmt: skip
     if click is not None:
-        value = signer.click_cookie(click.ttclid, click.click_ms)
+        came = browser.click_cookie
+        if came is not None and came[0] == click.ttclid and came[1] == click.click_ms:
+            value = came[2]
+        else:
+            value = signer.click_cookie(click.ttclid, click.click_ms)
         headers.append(set_cookie_header(CLICK_COOKIE, value, policy, http_only=True))
     return headers

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 
 from gateway.config import IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _PORT_MAX = 65535
+# Parsed addresses and trust decisions are kept for the most recent peers and hops: a request
+# repeats its peer's (and a busy proxy's) decisions, and both answers are pure functions.
+_CACHE_ENTRIES = 4096
 
 
+@lru_cache(maxsize=_CACHE_ENTRIES)
 def _parse_address(text: str) -> IPAddress | None:
     """An address from an XFF entry or a peer: ``ip``, ``ip:port`` or ``[ipv6]:port``.
 
@@ -61,6 +66,17 @@ def _is_port_suffix(text: str) -> bool:
 
 
 def _in_networks(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
+    if isinstance(trusted, tuple):  # the settings' tuple is hashable: decided once per address
+        return _in_network_tuple(address, trusted)
+    return _in_any(address, trusted)
+
+
+@lru_cache(maxsize=_CACHE_ENTRIES)
+def _in_network_tuple(address: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
+    return _in_any(address, trusted)
+
+
+def _in_any(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     # Membership across families is simply False, so mixed lists need no special case.
     return any(address in network for network in trusted)
 

@@ -28,10 +28,10 @@ from gateway.ingest.envelope import Envelope, EventType, derive_event_id, parse_
 from gateway.ingest.fields import FieldError, FieldWarning
 from gateway.logs import get_logger
 from gateway.operate.metrics import (
-    EVENTS_INGESTED,
     EVENTS_REJECTED,
     FIELD_WARNINGS,
-    MATCH_KEYS_SEEN,
+    INGESTED_BY,
+    MATCH_KEYS_BY,
     event_label,
     field_label,
 )
@@ -199,12 +199,12 @@ async def queue_events(
             raise Problem(503, str(exc) + "; retry later", None, retry=True) from None
         for entry, status, event in zip(tracked, statuses, built, strict=True):
             entry["status"] = status.value
-            EVENTS_INGESTED.labels(status.value, origin.source).inc()
+            INGESTED_BY(status.value, origin.source).inc()
             if status is Status.QUEUED:
                 label = event_label(event["event"])
-                MATCH_KEYS_SEEN.labels(label, "total").inc()
+                MATCH_KEYS_BY(label, "total").inc()
                 for key in present_keys(event):
-                    MATCH_KEYS_SEEN.labels(label, key).inc()
+                    MATCH_KEYS_BY(label, key).inc()
         # written with the next round trip; a chart may miss a count, never an event
         request.app[COALESCER].count({"accepted": sum(1 for s in statuses if s is Status.QUEUED)})
     if warned:

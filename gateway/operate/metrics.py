@@ -47,6 +47,24 @@ CLICKS_CAPTURED = Counter(
 )
 
 
+class Children:
+    """A counter's children, each looked up once per label combination and kept (``labels()``
+    takes a lock and builds a key on every call). Only for bounded label sets: every value here
+    comes from a fixed set, as the module says."""
+
+    __slots__ = ("_bound", "_metric")
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._bound: dict[tuple[str, ...], Counter] = {}
+
+    def __call__(self, *labels: str) -> Counter:
+        child = self._bound.get(labels)
+        if child is None:
+            child = self._bound[labels] = self._metric.labels(*labels)
+        return child
+
+
 def event_label(name: str) -> str:
     """The ``event`` label of ``name``: a TikTok standard name as it is, any other ``custom``."""
     return name if name in ACCEPTED_EVENTS else CUSTOM_EVENT_LABEL
@@ -97,6 +115,9 @@ MATCH_KEYS_SEEN = Counter(
     "every queued event)",
     ["event", "key"],
 )
+# pre-bound children of the ingest path's counters (every label from a fixed set)
+INGESTED_BY = Children(EVENTS_INGESTED)
+MATCH_KEYS_BY = Children(MATCH_KEYS_SEEN)
 RATE_LIMIT_WAIT_SECONDS = Histogram(
     "ttgw_rate_limit_wait_seconds",
     "Time a request waited for the shared rate limiter",
