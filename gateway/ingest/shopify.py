@@ -80,6 +80,30 @@ def _contents(items: Any) -> list[dict[str, Any]]:
     return contents
 
 
+def purchase_envelope(
+    ident: str,
+    timestamp: Any,
+    user: dict[str, Any],
+    value_currency: tuple[Any, Any],
+    contents: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """An order as our envelope's purchase, ``ord_<order id>``: what both platforms share."""
+    properties: dict[str, Any] = {"order_id": ident}
+    for key, value in zip(("value", "currency"), value_currency, strict=True):
+        if value not in (None, ""):
+            properties[key] = value
+    if contents:
+        properties["contents"] = contents
+    return {
+        "type": "track",
+        "event": PURCHASE,
+        "event_id": f"ord_{ident}",
+        "timestamp": timestamp,
+        "user": user,
+        "properties": properties,
+    }
+
+
 def landing_url(landing_site: Any, shop_domain: str | None) -> str | None:
     """The landing page as a URL: a path on ``shop_domain``, or the URL Shopify kept."""
     if not isinstance(landing_site, str) or not landing_site.strip():
@@ -116,21 +140,13 @@ def to_envelope(order: Any, shop_domain: str | None) -> dict[str, Any]:
         "locale": order.get("customer_locale"),
     }
     user.update({k: v for k, v in person.items() if v not in (None, "")})
-    properties: dict[str, Any] = {"order_id": ident}
-    for key, value in (("value", order.get("total_price")), ("currency", order.get("currency"))):
-        if value not in (None, ""):
-            properties[key] = value
-    contents = _contents(order.get("line_items"))
-    if contents:
-        properties["contents"] = contents
-    envelope: dict[str, Any] = {
-        "type": "track",
-        "event": PURCHASE,
-        "event_id": f"ord_{ident}",
-        "timestamp": _first(order.get("created_at"), order.get("processed_at")),
-        "user": user,
-        "properties": properties,
-    }
+    envelope = purchase_envelope(
+        ident,
+        _first(order.get("created_at"), order.get("processed_at")),
+        user,
+        (order.get("total_price"), order.get("currency")),
+        _contents(order.get("line_items")),
+    )
     customer_id = customer.get("id")
     if customer_id not in (None, "") and not isinstance(customer_id, bool):
         envelope["user_id"] = str(customer_id)

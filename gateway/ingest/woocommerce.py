@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.ingest.shopify import PURCHASE, VISITOR_ATTRIBUTE, order_id
+from gateway.ingest.shopify import VISITOR_ATTRIBUTE, order_id, purchase_envelope
 
 PURCHASE_STATUSES = ("processing", "completed")
 TOPICS = ("order.created", "order.updated")
@@ -99,21 +99,13 @@ def to_envelope(order: Any) -> dict[str, Any]:
         "ip": order.get("customer_ip_address"),
         "user_agent": order.get("customer_user_agent"),
     }
-    properties: dict[str, Any] = {"order_id": ident}
-    for key, value in (("value", order.get("total")), ("currency", order.get("currency"))):
-        if value not in (None, ""):
-            properties[key] = value
-    contents = _contents(order.get("line_items"))
-    if contents:
-        properties["contents"] = contents
-    envelope: dict[str, Any] = {
-        "type": "track",
-        "event": PURCHASE,
-        "event_id": f"ord_{ident}",
-        "timestamp": _time(order),
-        "user": {k: v for k, v in person.items() if v not in (None, "")},
-        "properties": properties,
-    }
+    envelope = purchase_envelope(
+        ident,
+        _time(order),
+        {k: v for k, v in person.items() if v not in (None, "")},
+        (order.get("total"), order.get("currency")),
+        _contents(order.get("line_items")),
+    )
     customer = order.get("customer_id")
     if customer not in (None, "", 0, "0") and not isinstance(customer, bool):
         envelope["user_id"] = str(customer)
