@@ -91,7 +91,8 @@ def hash_user(envelope: Envelope, default_region: str | None) -> HashedUser:
         "is not a valid phone number"
         if region
         else "is not a valid phone number in international form (+ and country code); set the "
-        "event's user.country or the integration's default_phone_region to read national numbers"
+        "event's user.country, TTGW_DEFAULT_PHONE_REGION or the integration's default_phone_region "
+        "to read national numbers"
     )
     return HashedUser(
         emails=_hashed_all(
