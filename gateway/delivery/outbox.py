@@ -12,7 +12,7 @@ Lua script, all keys under ``{q}``; the scripts are in :mod:`gateway.delivery.ou
   and brought back into the stream by :meth:`Outbox.move_due` when due;
 * **dead** — appended to the dead-letter stream with the reason and TikTok's last answer.
 
-A worker killed mid-batch leaves its entries pending in the group; :meth:`Outbox.reclaim`
+A worker killed mid-batch leaves its entries pending in the group; :meth:`Outbox.reclaim_page`
 (XAUTOCLAIM) hands them to a live worker once idle for longer than any send can take.
 Redis 6.2 (the embedded server) and 7.0 are both supported: XAUTOCLAIM's third reply element
 (7.0) is ignored, and entries trimmed under a pending id (never done here) are skipped.
@@ -63,16 +63,6 @@ class Outbox:
         ):
             entries.extend(await self._usable(items))
         return entries
-
-    async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 1000) -> list[Entry]:
-        """Entries another (crashed or stuck) consumer left pending longer than ``min_idle_ms``."""
-        start = "0-0"
-        entries: list[Entry] = []
-        while True:
-            page, start = await self.reclaim_page(consumer, min_idle_ms, start, count)
-            entries.extend(page)
-            if start == "0-0" or len(entries) >= count:
-                return entries
 
     async def reclaim_page(
         self, consumer: str, min_idle_ms: int, start: str, count: int

@@ -36,6 +36,7 @@ from gateway.operate.metrics import (
     field_label,
 )
 from gateway.operate.stats import WARNING_PREFIX, present_keys
+from gateway.store.connections import REDIS_ERRORS
 
 log = get_logger("gateway.collect")
 
@@ -232,6 +233,22 @@ def answer_events(
         return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
     body = {"accepted": answers, "errors": errors, **extra}
     return web.Response(status=202, body=orjson.dumps(body), content_type="application/json")
+
+
+# what failed() answers: a client's problem, or Redis away
+FAILURES: tuple[type[Exception], ...] = (Problem, *REDIS_ERRORS)
+
+
+def failed(exc: Exception, headers: dict[str, str] | None = None) -> web.Response:
+    """The answer to a :class:`Problem`, or to a Redis outage (503), met while taking events;
+    ``Retry-After`` where trying again can help, beside ``headers``."""
+    sent = dict(headers or {})
+    if isinstance(exc, Problem):
+        if exc.extra.pop("retry", None):
+            sent["Retry-After"] = RETRY_AFTER_S
+        return exc.response(sent or None)
+    sent["Retry-After"] = RETRY_AFTER_S
+    return unavailable(exc).response(sent)
 
 
 def unavailable(exc: Exception) -> Problem:

@@ -29,24 +29,23 @@ from gateway.ingest.build import Origin, click_from_page
 from gateway.ingest.cors import allowed_origin, cors_headers, preflight, refuse
 from gateway.ingest.intake import (
     BROWSER_TYPES,
-    RETRY_AFTER_S,
+    FAILURES,
     SERVER_TYPES,
     Parsed,
     Problem,
     answer_events,
     count_rejections,
+    failed,
     integration_for,
     parse_events,
     queue_events,
     read_json,
     server_sessions,
-    unavailable,
 )
 from gateway.ingest.segment import is_message
 from gateway.ingest.write_key import authorized, refusal
 from gateway.operate.metrics import CLICKS_CAPTURED
 from gateway.store import keys
-from gateway.store.connections import REDIS_ERRORS
 
 
 async def collect_browser(request: web.Request) -> web.Response:
@@ -79,14 +78,8 @@ async def collect_browser(request: web.Request) -> web.Response:
         answers = await queue_events(
             request, integration, parsed, [session] * len(parsed.envelopes), origin
         )
-    except Problem as problem:
-        retry = problem.extra.pop("retry", None)
-        if retry:
-            headers["Retry-After"] = RETRY_AFTER_S
-        return problem.response(headers)
-    except REDIS_ERRORS as exc:
-        headers["Retry-After"] = RETRY_AFTER_S
-        return unavailable(exc).response(headers)
+    except FAILURES as exc:
+        return failed(exc, headers)
     # the browser's own signed visitor, never a stitched one: c-shopify.js writes it into the cart
     visitor = signer.visitor_cookie(browser.visitor_id)
     response = answer_events(answers, parsed.errors, visitor=visitor)
@@ -159,11 +152,8 @@ async def collect_server(request: web.Request) -> web.Response:
         sessions = await server_sessions(request, integration, parsed, int(now * 1000))
         origin = Origin(source="server", host=request.host)
         answers = await queue_events(request, integration, parsed, sessions, origin)
-    except Problem as problem:
-        headers = {"Retry-After": RETRY_AFTER_S} if problem.extra.pop("retry", None) else None
-        return problem.response(headers)
-    except REDIS_ERRORS as exc:
-        return unavailable(exc).response({"Retry-After": RETRY_AFTER_S})
+    except FAILURES as exc:
+        return failed(exc)
     return answer_events(answers, parsed.errors)
 
 

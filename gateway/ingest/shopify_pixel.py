@@ -40,20 +40,18 @@ from gateway.ingest.build import Origin, click_from_page
 from gateway.ingest.cors import allowed_origin, refuse
 from gateway.ingest.intake import (
     BROWSER_TYPES,
-    RETRY_AFTER_S,
-    Problem,
+    FAILURES,
     answer_events,
     count_rejections,
+    failed,
     integration_for,
     parse_events,
     queue_events,
     read_json,
-    unavailable,
 )
 from gateway.ingest.script import CACHE_CONTROL
 from gateway.operate.metrics import CLICKS_CAPTURED
 from gateway.store import keys
-from gateway.store.connections import REDIS_ERRORS
 
 PIXEL_PATH = "/e/shopify-pixel"
 CART_SCRIPT_PATH = "/c-shopify.js"
@@ -110,13 +108,8 @@ async def collect_pixel(request: web.Request) -> web.Response:
         answers = await queue_events(
             request, integration, parsed, [session] * len(parsed.envelopes), origin
         )
-    except Problem as problem:
-        if problem.extra.pop("retry", None):
-            headers["Retry-After"] = RETRY_AFTER_S
-        return problem.response(headers)
-    except REDIS_ERRORS as exc:
-        headers["Retry-After"] = RETRY_AFTER_S
-        return unavailable(exc).response(headers)
+    except FAILURES as exc:
+        return failed(exc, headers)
     response = answer_events(answers, parsed.errors)
     response.headers.update(headers)
     return response

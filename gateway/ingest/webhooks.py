@@ -34,20 +34,19 @@ from gateway.ingest.build import Origin, hash_user
 from gateway.ingest.envelope import parse_event
 from gateway.ingest.fields import FieldError
 from gateway.ingest.intake import (
-    RETRY_AFTER_S,
+    FAILURES,
     Parsed,
     Problem,
     count_rejections,
+    failed,
     integration_for,
     queue_events,
     read_body,
     server_sessions,
-    unavailable,
 )
 from gateway.logs import get_logger
 from gateway.operate.metrics import EVENTS_INGESTED
 from gateway.store import keys
-from gateway.store.connections import REDIS_ERRORS
 
 log = get_logger("gateway.webhooks")
 
@@ -127,11 +126,8 @@ async def take_order(
         answers = await queue_events(
             request, integration, parsed, sessions, Origin(source=source, host=request.host)
         )
-    except Problem as problem:
-        headers = {"Retry-After": RETRY_AFTER_S} if problem.extra.pop("retry", None) else None
-        return problem.response(headers)
-    except REDIS_ERRORS as exc:
-        return unavailable(exc).response({"Retry-After": RETRY_AFTER_S})
+    except FAILURES as exc:
+        return failed(exc)
     entry = answers[0]
     log.info("webhook_order", platform=platform, event_id=entry["event_id"],
              status=entry["status"], pixel=integration.pixel_code)  # fmt: skip

@@ -474,18 +474,7 @@
       return pad.left + (n > 1 ? inset + (i * (plotW - 2 * inset)) / (n - 1) : plotW / 2);
     };
     const y = function (v) { return pad.top + plotH - (v / options.yMax) * plotH; };
-    const titleId = container.id + '-title';
-    const descId = container.id + '-desc';
-    const chart = svg('svg', {
-      viewBox: '0 0 ' + width + ' ' + height, role: 'img', class: 'svg-chart',
-      'aria-labelledby': titleId + ' ' + descId, preserveAspectRatio: 'xMidYMid meet'
-    });
-    const title = svg('title', { id: titleId });
-    title.textContent = options.title;
-    const desc = svg('desc', { id: descId });
-    desc.textContent = options.description;
-    chart.appendChild(title);
-    chart.appendChild(desc);
+    const chart = chartFrame(container, width, height, options);
 
     const grid = svg('g', { class: 'grid' });
     for (let v = 0; v <= options.yMax + 1e-9; v += options.yStep) {
@@ -556,15 +545,8 @@
     container.appendChild(chart);
   }
 
-  /* Bars for one moment: options.items [{label, className, value (0-1 or null)}], one slot
-   * each across the width, value on top, label below; options.hover() -> text. */
-  function shareBars(container, options) {
-    const width = 720;
-    const height = 240;
-    const pad = { left: 48, right: 12, top: 20, bottom: 28 };
-    const plotW = width - pad.left - pad.right;
-    const plotH = height - pad.top - pad.bottom;
-    const y = function (v) { return pad.top + plotH - v * plotH; };
+  /* An accessible SVG chart of width x height, titled and described for screen readers. */
+  function chartFrame(container, width, height, options) {
     const titleId = container.id + '-title';
     const descId = container.id + '-desc';
     const chart = svg('svg', {
@@ -577,6 +559,19 @@
     desc.textContent = options.description;
     chart.appendChild(title);
     chart.appendChild(desc);
+    return chart;
+  }
+
+  /* Bars for one moment: options.items [{label, className, value (0-1 or null)}], one slot
+   * each across the width, value on top, label below; options.hover() -> text. */
+  function shareBars(container, options) {
+    const width = 720;
+    const height = 240;
+    const pad = { left: 48, right: 12, top: 20, bottom: 28 };
+    const plotW = width - pad.left - pad.right;
+    const plotH = height - pad.top - pad.bottom;
+    const y = function (v) { return pad.top + plotH - v * plotH; };
+    const chart = chartFrame(container, width, height, options);
     const grid = svg('g', { class: 'grid' });
     for (let v = 0; v <= 1 + 1e-9; v += 0.25) {
       grid.appendChild(svg('line', {
