@@ -201,16 +201,21 @@ def read_ttp(value: str | None) -> str | None:
     return None if ttp_problem(value) else value
 
 
-def ttp_problem(value: str | None) -> str | None:
-    """Why ``value`` cannot be a ``_ttp``; None when it can."""
+def _id_problem(value: str | None, pattern: re.Pattern[str], unlike: str) -> str | None:
+    """Why ``value`` cannot be an id of ``pattern``: empty, a placeholder, or ``unlike``."""
     if not isinstance(value, str) or not value:
         return "is empty"
     junk = junk_reason(value)
     if junk is not None:
         return junk
-    if not _TTP_RE.fullmatch(value):
-        return "is not a _ttp value (1-128 characters of A-Z a-z 0-9 . _ -)"
-    return None
+    return None if pattern.fullmatch(value) else unlike
+
+
+def ttp_problem(value: str | None) -> str | None:
+    """Why ``value`` cannot be a ``_ttp``; None when it can."""
+    return _id_problem(
+        value, _TTP_RE, "is not a _ttp value (1-128 characters of A-Z a-z 0-9 . _ -)"
+    )
 
 
 def read_ttclid(value: str | None) -> str | None:
@@ -228,16 +233,13 @@ def read_ttclid(value: str | None) -> str | None:
 
 def ttclid_problem(value: str | None) -> str | None:
     """Why ``value`` cannot be a click id; None when it can."""
-    if not isinstance(value, str) or not value:
-        return "is empty"
-    junk = junk_reason(value)
-    if junk is not None:
-        return junk
-    if not _TTCLID_RE.fullmatch(value):
-        return "is not a click id (letters, digits, '.', '_', '-', '=')"
-    if len(value) < TTCLID_MIN_CHARS and not value.startswith(TTCLID_PREFIX):
+    problem = _id_problem(
+        value, _TTCLID_RE, "is not a click id (letters, digits, '.', '_', '-', '=')"
+    )
+    short = value is not None and len(value) < TTCLID_MIN_CHARS
+    if problem is None and short and not str(value).startswith(TTCLID_PREFIX):
         return "is too short for a click id (real ones start E.C.P. and run to ~300 characters)"
-    return None
+    return problem
 
 
 def strip_pixel_click_suffix(value: str) -> str:
