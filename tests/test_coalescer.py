@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.operate.stats import flow_calls, minute
 from gateway.store import keys
@@ -19,21 +19,6 @@ from gateway.store.connections import Coalescer, Lua, LuaCall, make_redis
 
 ECHO = Lua("redis.call('INCR', KEYS[1]) return ARGV[1]")
 FAIL = Lua("return redis.error_reply('boom ' .. ARGV[1])")
-
-
-class CountingRedis:
-    """A real client whose pipelines are counted (one pipeline is one round trip)."""
-
-    def __init__(self, client: Redis) -> None:
-        self.client = client
-        self.pipelines = 0
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        self.pipelines += 1
-        return self.client.pipeline(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
 
 
 def echo(n: int) -> LuaCall:
@@ -51,14 +36,14 @@ async def test_concurrent_requests_share_one_round_trip_and_get_their_own_result
 ) -> None:
     client = make_redis(redis_url)
     await load_scripts(client)
-    counting = CountingRedis(client)
-    coalescer = Coalescer(counting, flow_calls)  # type: ignore[arg-type]
+    coalescer = Coalescer(client, flow_calls)
+    assert coalescer.pipe is not None
     try:
         results = await asyncio.gather(
             *(coalescer.run([echo(n), echo(n + 100)]) for n in range(50))
         )
         assert results == [[f"r{n}".encode(), f"r{n + 100}".encode()] for n in range(50)]
-        assert counting.pipelines == 1
+        assert coalescer.pipe.round_trips == 1
         assert await redis.get("{q}:calls") == b"100"
     finally:
         await coalescer.aclose()
@@ -88,15 +73,15 @@ async def test_a_failing_call_fails_only_its_caller(redis_url: str, redis: Redis
 async def test_counters_ride_along_and_are_written_at_close(redis_url: str, redis: Redis) -> None:
     client = make_redis(redis_url)
     await load_scripts(client)
-    counting = CountingRedis(client)
-    coalescer = Coalescer(counting, flow_calls)  # type: ignore[arg-type]
+    coalescer = Coalescer(client, flow_calls)
+    assert coalescer.pipe is not None
     try:
         coalescer.count({"accepted": 2})
         coalescer.count({"accepted": 3, "dead": 0})
         assert await coalescer.run([echo(1)]) == [b"r1"]
         key = keys.minute_stats_key(minute())
         assert await redis.hget(key, "accepted") == b"5"
-        assert counting.pipelines == 1
+        assert coalescer.pipe.round_trips == 1
         coalescer.count({"accepted": 1})
         await coalescer.aclose()
         assert await redis.hget(key, "accepted") == b"6"
@@ -123,3 +108,65 @@ async def test_a_lost_connection_fails_every_caller_of_the_round_trip() -> None:
     finally:
         await coalescer.aclose()
         await client.aclose()
+
+
+async def test_scripts_flushed_from_the_server_are_loaded_again_and_each_call_runs_once(
+    redis_url: str, redis: Redis
+) -> None:
+    client = make_redis(redis_url)
+    coalescer = Coalescer(client, flow_calls)
+    try:
+        assert await coalescer.run([echo(1)]) == [b"r1"]
+        await redis.script_flush()
+        results = await asyncio.gather(*(coalescer.run([echo(n)]) for n in range(2, 12)))
+        assert results == [[f"r{n}".encode()] for n in range(2, 12)]
+        assert await redis.get("{q}:calls") == b"11"  # NOSCRIPT ran nothing twice
+    finally:
+        await coalescer.aclose()
+        await client.aclose()
+
+
+async def test_a_connection_killed_by_the_server_is_replaced(redis_url: str, redis: Redis) -> None:
+    client = make_redis(redis_url)
+    coalescer = Coalescer(client, flow_calls)
+    try:
+        assert await coalescer.run([echo(1)]) == [b"r1"]
+        killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert killed >= 1
+        # the round trip that meets the closed connection may fail (503 for its requests);
+        # the next one opens a new connection
+        outcomes = []
+        for n in (2, 3):
+            try:
+                outcomes.append(await coalescer.run([echo(n)]))
+            except RedisConnectionError as exc:
+                outcomes.append(exc)
+        assert outcomes[-1] == [b"r3"], outcomes
+    finally:
+        await coalescer.aclose()
+        await client.aclose()
+
+
+async def test_a_redis_that_never_answers_times_out_every_caller() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing: a hung server
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = make_redis(f"redis://127.0.0.1:{port}/0")
+    coalescer = Coalescer(client, flow_calls, timeout_s=0.2)
+    try:
+        outcomes = await asyncio.gather(
+            *(coalescer.run([echo(n)]) for n in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(o, RedisTimeoutError) for o in outcomes), outcomes
+        assert accepted  # it did reach the server
+    finally:
+        await coalescer.aclose()
+        await client.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -16,10 +16,9 @@ instead, so ingest fails fast with 503 while workers simply try again on their n
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -44,6 +43,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import keys
 from gateway.store.packing import pack_in_c
+from gateway.store.pipe import Lua, LuaCall, ScriptPipe
+
+__all__ = ["Lua", "LuaCall"]  # re-exported: scripts import them from here
 
 RedisClient: TypeAlias = Redis | RedisCluster
 # what a Redis outage raises: the client's errors, Cluster's own (not a RedisError), sockets
@@ -180,19 +182,6 @@ def make_redis(url: str, options: RedisOptions | None = None) -> RedisClient:
     return client
 
 
-@dataclass(frozen=True, slots=True)
-class Lua:
-    """A Lua script run by its SHA-1, loaded on first use (and again after a SCRIPT FLUSH)."""
-
-    source: str
-    sha: str = field(init=False)  # the script's SHA-1, as EVALSHA names it
-
-    def __post_init__(self) -> None:
-        sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-        object.__setattr__(self, "sha", sha)
-
-
-LuaCall = tuple[Lua, Sequence[str], Sequence[str | bytes | int | float]]
 RunCalls: TypeAlias = Callable[[Sequence[LuaCall]], Awaitable[list[Any]]]
 
 
@@ -265,9 +254,14 @@ class Coalescer:
     """
 
     def __init__(
-        self, redis: RedisClient, counter: Callable[[Mapping[str, int]], list[LuaCall]]
+        self,
+        redis: RedisClient,
+        counter: Callable[[Mapping[str, int]], list[LuaCall]],
+        timeout_s: float = keys.REDIS_SOCKET_TIMEOUT_S,
     ) -> None:
         self.redis = redis
+        # a single server or Sentinel: the protocol as bytes on connections of its own
+        self.pipe = ScriptPipe(redis, timeout_s) if isinstance(redis, Redis) else None
         self._counter = counter
         self._pending: list[tuple[Sequence[LuaCall], asyncio.Future[list[Any]]]] = []
         self._counts: Counter[str] = Counter()
@@ -297,6 +291,8 @@ class Coalescer:
             if self._pending or self._counts:
                 self._flush()  # now, not at the next loop iteration
             await asyncio.gather(*self._flushes, return_exceptions=True)
+        if self.pipe is not None:
+            await self.pipe.aclose()
 
     def _schedule(self) -> None:
         # under load, calls wait for a round trip in flight and go together in the next one
@@ -324,7 +320,10 @@ class Coalescer:
     ) -> None:
         calls = [call for calls, _ in batch for call in calls] + extra
         try:
-            results = await _eval_each(self.redis, calls)
+            if self.pipe is not None:
+                results = await self.pipe.eval_each(calls)
+            else:
+                results = await _eval_each(self.redis, calls)
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
