@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -37,7 +36,7 @@ from gateway.identity.visitors import VisitorStore
 from gateway.ingest import landing, routes, script, segment_api, webhooks
 from gateway.ingest.enqueue import IngestQueue
 from gateway.integrations import Integrations, IntegrationStore, TokenBox, keep_fresh
-from gateway.logs import get_logger
+from gateway.logs import REQUEST_ID, get_logger
 from gateway.operate import dashboard
 from gateway.operate.admin import create_admin_app
 from gateway.operate.metrics import metrics_handler
@@ -72,13 +71,17 @@ def request_context(access_log: str = "all") -> Middleware:
     log_all = access_log == "all"
     log_errors = access_log != "off"
     sampled = itertools.count()
+    numbers = itertools.count(1)
+    prefix = secrets.token_hex(4)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = incoming if _REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        incoming = request.headers.get(REQUEST_ID_HEADER)
+        if incoming is not None and _REQUEST_ID_RE.match(incoming):
+            request_id = incoming
+        else:  # unique in this process's life, and across processes by its random prefix
+            request_id = f"{prefix}{next(numbers):08x}"
+        REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
         try:

@@ -4,12 +4,12 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-import structlog
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from gateway import __version__
 from gateway.app import HTTP, REDIS, REQUEST_ID_HEADER, create_app
+from gateway.logs import add_request_id
 from gateway.settings import Settings
 from tests.support import free_port
 
@@ -67,7 +67,7 @@ async def test_one_log_line_per_request_with_its_id(
     aiohttp_client, make_settings: MakeSettings, redis_url: str
 ) -> None:
     client = await aiohttp_client(create_app(make_settings(TTGW_REDIS_URL=redis_url)))
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         response = await client.get("/healthz")
     lines = [line for line in logs if line["event"] == "request"]
     assert len(lines) == 1

@@ -16,13 +16,13 @@ from typing import Any
 
 import orjson
 import pytest
-import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from gateway.app import create_app
+from gateway.logs import add_request_id
 from gateway.settings import Settings
 from gateway.store import keys
 from tests.ingest_support import track
@@ -106,7 +106,7 @@ async def client(
 def logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[dict[str, Any]]]:
     """structlog's lines; stdlib records (aiohttp's) stay in ``caplog``."""
     caplog.set_level(logging.INFO)
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
+    with capture_logs(processors=[add_request_id]) as lines:
         yield lines
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import string
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
@@ -564,3 +565,22 @@ async def test_domain_and_secure_cookies_parse_in_a_real_client(
     }
     assert set(jar.filter_cookies(URL("http://www.shop.example/cart"))) == set()
     assert set(jar.filter_cookies(URL("https://evilshop.example/"))) == set()
+
+
+def test_pooled_random_bytes_are_never_handed_out_twice_nor_shared_with_a_forked_child() -> None:
+    from gateway.identity.cookies import random_bytes
+
+    seen = {random_bytes(10) for _ in range(2000)}  # several 4 KiB pools
+    assert len(seen) == 2000
+    random_bytes(1)  # the parent's pool holds bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes, to the parent
+        os.write(write, random_bytes(16))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 16
+    assert child != random_bytes(16)  # the parent's next bytes are not the child's

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
+from gateway.logs import add_request_id
 from gateway.settings import Settings
 from gateway.store import keys
 from gateway.tiktok.validation import DefaultLimits, validate_body
@@ -120,7 +120,7 @@ async def test_raw_email_and_phone_never_reach_redis_or_logs(
 
     auth = {"Authorization": f"Bearer {client.server.app[SETTINGS].write_key}"}
     user = {"email": "Secret.Shopper@Example.NET", "phone": raw_phone, "first_name": "Zebulon"}
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         await client.post("/e", json={"events": [
             track(event_id="p1", user=user),
             {"type": "identify", "user": user, "user_id": "cust-secret-77"},

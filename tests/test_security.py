@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 import pytest
-import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
@@ -40,6 +39,7 @@ from gateway.identity.cookies import (
     CookieSigner,
 )
 from gateway.ingest import cors
+from gateway.logs import add_request_id
 from gateway.operate.admin import create_admin_app
 from gateway.settings import Settings
 from gateway.store import keys
@@ -497,7 +497,7 @@ async def test_a_refused_origin_is_logged_with_the_reason_and_the_fix_once_a_min
 ) -> None:
     client = await gateway(TTGW_ALLOWED_ORIGINS=ALLOWED_ORIGIN)
     shop = "https://www.shop.example"
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         for _ in range(50):
             assert (await client.post("/e", json=track(), headers={"Origin": shop})).status == 403
         preflight = await client.options(
@@ -1010,7 +1010,7 @@ async def test_a_client_abort_mid_body_is_not_reported_as_a_redis_outage(
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        with capture_logs(processors=[add_request_id]) as logs:
             _reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(
                 b"POST /e HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
@@ -1140,7 +1140,7 @@ async def test_no_raw_contact_data_or_secret_in_redis_logs_receipts_or_metrics(
         )
         client = await aiohttp_client(create_app(settings))
         admin = bearer(ADMIN_TOKEN)
-        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        with capture_logs(processors=[add_request_id]) as logs:
             browser = await client.post(
                 f"/e?email={email}",
                 json={

@@ -14,7 +14,6 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -23,6 +22,7 @@ from structlog.testing import capture_logs
 from gateway.identity.redaction import REDACTED_SEGMENT, redact_url
 from gateway.ingest.build import click_from_page
 from gateway.ingest.landing import click_from_uri
+from gateway.logs import add_request_id
 from gateway.settings import Settings
 from tests.ingest_support import TTCLID, GatewayFactory, make_gateway, queued, track
 
@@ -196,7 +196,7 @@ async def test_emails_and_phones_in_page_urls_never_reach_redis(
         track(event_id=f"e{i}-{tag}", page={"url": url, "referrer": referrer})
         for i, url in enumerate(page_urls)
     ]
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         browser = await client.post("/e", json={"events": events})
         assert browser.status == 202, await browser.text()
         backend = await client.post(

@@ -8,6 +8,7 @@ on every answer so their lifetime rolls forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -101,9 +102,16 @@ def cookie_policy(settings: Settings, browser: BrowserRequest) -> CookiePolicy:
     return CookiePolicy(domain=domain, secure=browser.scheme == "https")
 
 
+class AnswerCookies(NamedTuple):
+    """The signed visitor value, and every Set-Cookie header of an answer."""
+
+    visitor: str
+    headers: list[str]
+
+
 def set_cookie_headers(
     settings: Settings, signer: CookieSigner, browser: BrowserRequest, click: Click | None
-) -> list[str]:
+) -> AnswerCookies:
     """Every Set-Cookie header of an answer: visitor, ``_ttp`` and, when known, the click."""
     policy = cookie_policy(settings, browser)
     # A verified value is byte for byte what signing again would give: only Max-Age rolls on.
@@ -122,4 +130,4 @@ def set_cookie_headers(
         else:
             value = signer.click_cookie(click.ttclid, click.click_ms)
         headers.append(set_cookie_header(CLICK_COOKIE, value, policy, http_only=True))
-    return headers
+    return AnswerCookies(visitor_value, headers)

@@ -113,7 +113,8 @@ def hash_user(envelope: Envelope, default_region: str | None) -> HashedUser:
 def click_from_page(url: str | None, referrer: str | None, now_ms: int) -> Click | None:
     """A click from a page URL's ``ttclid``, else from a same-host referrer's."""
     for candidate, same_host_only in ((url, False), (referrer, True)):
-        if not candidate:
+        # no "ttclid" in it, even percent-encoded: no click (most pages; parsing costs µs)
+        if not candidate or ("ttclid" not in candidate and "%" not in candidate):
             continue
         try:
             parts = urlsplit(candidate)

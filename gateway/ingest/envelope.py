@@ -59,6 +59,10 @@ class EventType(StrEnum):
     IDENTIFY = "identify"
 
 
+_EVENT_TYPES = {kind.value: kind for kind in EventType}
+_FORBIDDEN = frozenset(FORBIDDEN_FIELDS)
+
+
 @dataclass(slots=True)
 class Envelope:
     """One validated event as the client sent it, with the TikTok event name resolved."""
@@ -123,16 +127,13 @@ def _consent(raw: Any) -> dict[str, bool]:
 def parse_event(raw: Any, names: NameTable, *, now: float, max_age_s: int) -> Envelope:
     """Validate one event object of the envelope; raise FieldError naming the first bad field."""
     obj = parse_object(raw, "event")
-    for forbidden in FORBIDDEN_FIELDS:
-        if forbidden in obj:
-            raise FieldError(
-                forbidden, "is not accepted: the pixel and token come from configuration"
-            )
+    if not _FORBIDDEN.isdisjoint(obj):
+        forbidden = next(name for name in FORBIDDEN_FIELDS if name in obj)
+        raise FieldError(forbidden, "is not accepted: the pixel and token come from configuration")
     kind_raw = obj.get("type", "track")
-    try:
-        kind = EventType(kind_raw)
-    except ValueError:
-        raise FieldError("type", "must be track, page or identify") from None
+    kind = _EVENT_TYPES.get(kind_raw) if isinstance(kind_raw, str) else None
+    if kind is None:
+        raise FieldError("type", "must be track, page or identify")
     event: str | None = None
     if kind is EventType.TRACK:
         if obj.get("event") in (None, ""):
@@ -155,10 +156,7 @@ def parse_event(raw: Any, names: NameTable, *, now: float, max_age_s: int) -> En
         event=event,
         event_id=None if _blank(event_id) else parse_identifier(event_id, "event_id"),
         timestamp_s=parse_timestamp(obj.get("timestamp"), now, max_age_s),
-        anonymous_id=soft(
-            notes, lambda: parse_optional_text(obj, "anonymous_id", "anonymous_id", limit=128)
-        )
-        or soft(notes, lambda: parse_optional_text(obj, "anonymousId", "anonymousId", limit=128)),
+        anonymous_id=_anonymous_id(obj, notes),
         user_id=_user_id(obj, notes),
         user=parse_user(obj.get("user"), context, obj.get("traits"), notes),
         properties=parse_properties(obj.get("properties"), notes=notes),
@@ -169,6 +167,14 @@ def parse_event(raw: Any, names: NameTable, *, now: float, max_age_s: int) -> En
         limited_data_use=ldu,
         warnings=notes,
     )
+
+
+def _anonymous_id(obj: dict[str, Any], notes: list[FieldWarning]) -> str | None:
+    if "anonymous_id" not in obj and "anonymousId" not in obj:
+        return None
+    return soft(
+        notes, lambda: parse_optional_text(obj, "anonymous_id", "anonymous_id", limit=128)
+    ) or soft(notes, lambda: parse_optional_text(obj, "anonymousId", "anonymousId", limit=128))
 
 
 def _blank(value: Any) -> bool:

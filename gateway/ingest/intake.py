@@ -11,6 +11,7 @@ queue at ``TTGW_QUEUE_MAX_EVENTS`` is a 503 with ``Retry-After``: nothing is dro
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,9 +85,8 @@ class Parsed:
 
 async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) -> Any:
     """The request body as JSON, within ``limit`` bytes and of an accepted content type."""
-    if request.content_type not in types and not (
-        request.content_type == "application/octet-stream" and "" in types
-    ):
+    media = _media_type(request)
+    if media not in types and not (media == "application/octet-stream" and "" in types):
         raise Problem(415, f"Content-Type must be one of {', '.join(t for t in types if t)}",
                       "Content-Type")  # fmt: skip
     raw = await read_body(request, limit)
@@ -96,15 +96,35 @@ async def read_json(request: web.Request, limit: int, types: tuple[str, ...]) ->
         raise Problem(400, "body is not valid JSON", "body") from None
 
 
+_MEDIA_TYPE_RE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
+
+
+def _media_type(request: web.Request) -> str:
+    """``request.content_type`` without its e-mail header parser (measured: 9 µs of every
+    request) for the plain form ``type/subtype[; parameters]``; other forms go to aiohttp's."""
+    raw = request.headers.get("Content-Type")
+    if raw is not None:
+        media = raw.partition(";")[0].strip().lower()
+        if _MEDIA_TYPE_RE.fullmatch(media):
+            return media
+    return request.content_type
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body's bytes, within ``limit`` bytes and ``BODY_TIMEOUT_S``."""
     if request.content_length is not None and request.content_length > limit:
         raise Problem(413, f"body is larger than {limit} bytes", "body")
+    content = request.content
+    if content.is_eof():  # all of it arrived with the headers, as a small body mostly does
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise Problem(413, f"body is larger than {limit} bytes", "body")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):  # a trickled body must not hold a handler
-            async for chunk in request.content.iter_chunked(16384):
+            async for chunk in content.iter_chunked(16384):
                 size += len(chunk)
                 if size > limit:
                     raise Problem(413, f"body is larger than {limit} bytes", "body")

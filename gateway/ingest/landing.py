@@ -80,7 +80,7 @@ async def landing(request: web.Request) -> web.Response:
         except Exception as exc:  # never fail the shop's page: the cookie still carries the click
             log.warning("landing_store_failed", error=type(exc).__name__)
     response = web.Response(status=204)
-    for value in set_cookie_headers(settings, signer, browser, click or browser.click):
+    for value in set_cookie_headers(settings, signer, browser, click or browser.click).headers:
         response.headers.add("Set-Cookie", value)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -81,10 +81,10 @@ async def collect_browser(request: web.Request) -> web.Response:
     except FAILURES as exc:
         return failed(exc, headers)
     # the browser's own signed visitor, never a stitched one: c-shopify.js writes it into the cart
-    visitor = signer.visitor_cookie(browser.visitor_id)
-    response = answer_events(answers, parsed.errors, visitor=visitor)
+    cookies = set_cookie_headers(settings, signer, browser, click)
+    response = answer_events(answers, parsed.errors, visitor=cookies.visitor)
     response.headers.update(headers)
-    for value in set_cookie_headers(settings, signer, browser, click):
+    for value in cookies.headers:
         response.headers.add("Set-Cookie", value)
     return response
 
