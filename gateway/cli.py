@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import signal
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
@@ -253,6 +254,9 @@ async def _serve(settings: Settings, *, web_server: bool, worker: bool, banner: 
             site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
             await site.start()
             port: int = runner.addresses[0][1]  # the bound one, when port 0 asked for any
+            # what exists now (modules, app, settings) lives as long as the process: keep it out
+            # of the collector's full passes, whose pause every request in flight would wait on
+            gc.freeze()
             if banner:
                 _banner(settings, port, worker=worker)
             log.info("started", host=settings.host, port=port, sandbox=settings.sandbox)
