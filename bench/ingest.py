@@ -11,7 +11,8 @@ gateway, bare, gateway, bare, … — so both see the same machine. Then:
 * a burst: many more connections at once (128), counting answers other than 202;
 * two processes of each on one port (``SO_REUSEPORT``), again alternating, to show scaling.
 
-Targets (issue #8): peak ≥ 0.7 of bare; p99 < 10 ms at half the peak rate.
+Targets (issue #18): peak ≥ 0.45 of bare (the bar), aiming at 0.7; p99 < 10 ms at half the peak
+rate.
 ``.venv/bin/python bench/ingest.py [--rounds 3] [--seconds 8] [--connections 32]``
 """
 
@@ -215,7 +216,15 @@ def main() -> int:
         _rate(gw1),
         _rate(bare1),
         f"{ratio1:.3f}",
-        "≥ 0.7 of bare",
+        "≥ 0.45 of bare (#18's bar)",
+        report.check("ingest ≥ 0.45 of bare", ratio1 >= 0.45),
+    )
+    summary.add(
+        "the same, against #18's goal",
+        _rate(gw1),
+        _rate(bare1),
+        f"{ratio1:.3f}",
+        "≥ 0.7 of bare (#18's goal)",
         report.check("ingest ≥ 0.7 of bare", ratio1 >= 0.7),
     )
     summary.add(
