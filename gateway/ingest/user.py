@@ -40,6 +40,7 @@ class UserInput:
     state: str | None = None
 
 
+_CONTEXT_KEYS = frozenset({"userAgent", "locale", "ip"})  # what parse_user reads of ``context``
 Places = list[tuple[str, Mapping[str, Any]]]  # (where, object) in the order they are read
 
 
@@ -80,6 +81,8 @@ def parse_user(
     dropped with a warning in ``notes``."""
     user = parse_object(raw, "user")
     places = _trait_places(traits, context, notes)
+    if not user and not places and _CONTEXT_KEYS.isdisjoint(context):
+        return UserInput()  # nothing said about the person (most collector events)
 
     def text(obj: Mapping[str, Any], key: str, where: str, limit: int) -> str | None:
         return soft(notes, lambda: parse_optional_text(obj, key, where, limit=limit))
