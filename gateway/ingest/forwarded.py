@@ -117,6 +117,21 @@ def client_ip(
     Addresses come back normalized: IPv4-mapped IPv6 as IPv4, IPv6 compressed lowercase, no zone
     id, no port. A peer that is not an IP address comes back unchanged.
     """
+    if isinstance(trusted, tuple):  # the settings' tuple: each (peer, header) decided once
+        return _client_ip_of(peer, tuple(forwarded_for), trusted)
+    return _client_ip(peer, forwarded_for, trusted)
+
+
+@lru_cache(maxsize=_CACHE_ENTRIES)
+def _client_ip_of(
+    peer: str | None, forwarded_for: tuple[str, ...], trusted: tuple[IPNetwork, ...]
+) -> str | None:
+    return _client_ip(peer, forwarded_for, trusted)
+
+
+def _client_ip(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
+) -> str | None:
     if peer is None:
         return None
     peer_address = _parse_address(peer)
