@@ -34,9 +34,7 @@ async def test_a_repeat_inside_the_window_is_a_duplicate_and_after_it_is_queued_
     assert await submit(redis, item("o1"), now=then + keys.IDEMPOTENCY_TTL_S - 5) == [
         Status.DUPLICATE
     ]
-    assert await submit(redis, item("o1"), now=then + keys.IDEMPOTENCY_TTL_S + 5) == [
-        Status.QUEUED
-    ]
+    assert await submit(redis, item("o1"), now=then + keys.IDEMPOTENCY_TTL_S + 5) == [Status.QUEUED]
     assert await redis.xlen(keys.EVENTS_STREAM) == 2
     (receipt,) = await receipts_for(redis, "o1")  # the newest receipt of the pair
     assert (receipt["pixel"], receipt["event"], receipt["event_id"]) == (PIXEL, "Purchase", "o1")
