@@ -36,8 +36,8 @@ def dedup_id(pixel_code: str, event: str, event_id: str) -> str:
     """The identity an event is delivered once by: pixel, event name, event_id.
 
     ``event`` is the canonical name (``tiktok.names.canonical_event``): TikTok's aliases, such as
-    ``CompletePayment`` and ``Purchase``, are one event. Every key built from it below takes the
-    canonical name too; the name sent to TikTok may differ (see :func:`send_as_key`).
+    ``CompletePayment`` and ``Purchase``, are one event. Receipts and retries are found by it
+    with the canonical name too; the name sent to TikTok may differ (the receipt's ``send_as``).
     """
     return f"{pixel_code}\x1f{event}\x1f{event_id}"
 
