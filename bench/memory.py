@@ -4,12 +4,17 @@
   new visitor, as in the ingest bench) with no worker running, and after N more are queued
   exactly as ingest queues them (``tests.delivery_support.enqueue``: the queue's own keys only),
   with a per-key-kind breakdown (``MEMORY USAGE``); then what stays once a worker delivered them
-  (receipts, markers, visitors: kept for their TTLs). Target (issue #8): < 1 KiB per queued event.
+  (receipts, visitors: kept for their TTLs). Target (issue #8): < 1 KiB per queued event.
+* Redis kept per delivered event (issue #18: <= 400 B over the receipt window, everything
+  included): ``--delivered`` events (1,000,000 by default) queued as ingest queues them into a
+  Redis of their own while a real worker delivers them to the emulator; ``used_memory`` growth
+  once all are delivered, per event, with the breakdown by key kind. Visitors are per visitor,
+  not per event: their cost is reported apart, from the ``POST /e`` phase (a new visitor each).
 * RSS (psutil, sampled every 0.2 s): the web process idle and under peak ingest load (wrk when
   installed) while a worker delivers to the emulator (20 ms latency, its own process), the worker
   while draining; baseline: ``bench/bare_server.py`` idle and under the same load.
 
-``.venv/bin/python bench/memory.py [--events 10000]``
+``.venv/bin/python bench/memory.py [--events 10000] [--delivered 1000000]``
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from harness import (
     wait_for,
 )
 
+from gateway.ingest.enqueue import IngestQueue, Outgoing
 from gateway.store import keys
-from tests.delivery_support import enqueue
+from gateway.store.connections import make_redis
+from tests.delivery_support import PIXEL, enqueue, event_data
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -110,6 +117,53 @@ def snapshot(client: redis.Redis) -> tuple[int, Counter[str]]:
     return used, by_kind
 
 
+async def bulk_enqueue(redis_url: str, prefix: str, start: int, count: int) -> None:
+    """``count`` events queued exactly as ingest queues them, 1,000 a call, 4 calls in flight."""
+    client = make_redis(redis_url)
+    queue = IngestQueue(client)
+
+    async def chunk(first: int) -> None:
+        ids = [f"{prefix}-{i}" for i in range(first, min(first + 1000, start + count))]
+        items = [Outgoing(PIXEL, "Purchase", i, event_data(i), "server") for i in ids]
+        await queue.submit(items, max_events=0)
+
+    try:
+        firsts = list(range(start, start + count, 1000))
+        for at in range(0, len(firsts), 4):
+            await asyncio.gather(*(chunk(f) for f in firsts[at : at + 4]))
+    finally:
+        await client.aclose()
+
+
+def measure_delivered(ws: Workspace, n: int) -> tuple[int, Counter[str], float]:
+    """``n`` events queued (100,000 at a time) into a Redis of their own while a worker delivers
+    them; ``used_memory`` growth, the growth by key kind and the seconds it took."""
+    redis_url = ws.redis("redis-delivered")
+    client = redis.Redis.from_url(redis_url)
+    api = ws.emulator("emulator-delivered", latency_ms=5.0)
+    env = ws.gateway_env(
+        redis_url, TTGW_TIKTOK_API_URL=api, TTGW_RATE_LIMIT_RPS="1000", TTGW_RATE_LIMIT_BURST="100"
+    )
+    base_used, base_kinds = snapshot(client)
+    started = time.monotonic()
+    worker = ws.worker("worker-delivered", env)
+    out = ws.dir / "worker-delivered.out"
+    wait_for(lambda: "worker_started" in out.read_text(), 30, "the worker")
+    prefix = f"d{time.time_ns()}"
+    step = 100_000
+    for first in range(0, n, step):
+        asyncio.run(bulk_enqueue(redis_url, prefix, first, min(step, n - first)))
+        # keep the backlog bounded: the queue's memory is not what is measured here
+        wait_for(lambda at=first: delivered(client) >= at, 600, "the backlog delivered")
+    wait_for(lambda: delivered(client) >= n, 600, "every event delivered")
+    seconds = time.monotonic() - started
+    ws.stop(worker)
+    kept_used, kept_kinds = snapshot(client)
+    client.close()
+    kept_kinds.subtract(base_kinds)
+    return kept_used - base_used, kept_kinds, seconds
+
+
 def delivered(client: redis.Redis) -> int:
     return int(client.hget(keys.COUNTERS_HASH, "delivered") or 0)
 
@@ -123,6 +177,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=10_000, help="events per Redis measure")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of the load phase")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--delivered", type=int, default=1_000_000, help="events delivered for the kept measure"
+    )
     args = parser.parse_args()
     n = args.events
     report = Report(
@@ -186,6 +243,11 @@ def main() -> int:
         settled = Sampler({"web": web.pid, "worker": worker.pid})
         settled.sample()
         client.close()
+        ws.stop(web)
+        ws.stop(worker)
+        ws.stop(bare)
+        with stage(f"{args.delivered:,} events queued and delivered (their own Redis)"):
+            d_used, d_kinds, d_seconds = measure_delivered(ws, args.delivered)
 
     rss = Table(
         "RSS (resident memory)",
@@ -251,7 +313,7 @@ def main() -> int:
         report.check("Redis < 1 KiB per queued event", queue_per < KIB),
     )
     per_event.add(
-        "kept after delivery (receipts 7 d, markers 48 h, visitors 30 d)",
+        "kept after delivery (receipts 7 d, visitors 30 d)",
         f"{queued_total:,}",
         mib(kept_used - base_used),
         f"{kept_per:,.0f}",
@@ -272,6 +334,38 @@ def main() -> int:
         if max(abs(a), abs(b), abs(c)) >= 1:
             breakdown.add(k, f"{a:,.0f}", f"{b:,.0f}", f"{c:,.0f}")
     report.table(breakdown)
+    nd = args.delivered
+    d_per = d_used / nd
+    visitor_per = (http_kinds["{id}:visitor"] - base_kinds["{id}:visitor"]) / ingest_ok
+    kept = Table(
+        f"Redis kept per delivered event ({nd:,} delivered, {d_seconds:,.0f} s)",
+        ["what", "bytes", "per delivered event", "target", "verdict"],
+    )
+    kept.add(
+        "used_memory growth, everything included",
+        mib(d_used),
+        f"{d_per:,.0f}",
+        "<= 400",
+        report.check("Redis <= 400 B kept per delivered event", d_per <= 400),
+    )
+    for k, used in sorted(d_kinds.items(), key=lambda kv: -kv[1]):
+        if abs(used) / nd >= 0.5:
+            kept.add(f"  {k} (MEMORY USAGE)", mib(used), f"{used / nd:,.1f}", "", "")
+    kept.add(
+        "  allocator and dictionaries beyond the keys' MEMORY USAGE",
+        mib(d_used - sum(d_kinds.values())),
+        f"{(d_used - sum(d_kinds.values())) / nd:,.1f}",
+        "",
+        "",
+    )
+    kept.add("per visitor (a visitor hash, 30 days; from POST /e)", "", f"{visitor_per:,.0f}",
+             "—", "info")  # fmt: skip
+    report.table(kept)
+    report.note(
+        f"Sizing: Redis RAM ≈ events/s × (retention_s + bucket_s) × {d_per:,.0f} B "
+        f"+ backlog × {queue_per:,.0f} B + visitors × {visitor_per:,.0f} B "
+        f"(bucket_s = {keys.RECEIPT_BUCKET_S:,} s: receipts expire a bucket at a time)."
+    )
     report.note(
         "Redis 7 with AOF everysec and noeviction; `used_memory` includes allocator and "
         "dictionary overhead that `MEMORY USAGE` per key does not, so the kinds do not add up "

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import orjson
 from redis.asyncio import Redis
 
-from gateway.delivery.receipts import counters
+from gateway.delivery.receipts import counters, receipt
 from gateway.ingest.enqueue import IngestQueue, Outgoing, Status
 from gateway.operate.stats import hour
 from gateway.settings import Settings
@@ -40,8 +39,9 @@ async def test_a_backend_order_queued_first_is_sent_under_the_pages_name(
         (sent,) = tiktok.state.accepted
     assert (sent.event, sent.event_id) == ("CompletePayment", "ord_7")
     assert tiktok.state.duplicates == 0
-    receipt = await redis.hgetall(keys.receipt_key(PIXEL, "Purchase", "ord_7"))
-    assert orjson.loads(receipt[b"payload"])["event"] == "CompletePayment"
+    found = await receipt(redis, PIXEL, "Purchase", "ord_7")
+    assert found is not None
+    assert found["payload"]["event"] == "CompletePayment"
 
 
 async def _delivered(redis: Redis, n: int) -> bool:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from gateway.delivery.receipts import receipt
 from gateway.operate.metrics import IDENTIFIERS_DROPPED
 from gateway.settings import Settings
 from gateway.store import keys
@@ -197,8 +198,10 @@ async def test_a_repeat_within_48h_is_a_duplicate_and_not_queued(
     assert [a["status"] for a in second["accepted"]] == ["duplicate", "queued"]  # other event name
     assert await redis.xlen(keys.EVENTS_STREAM) == 2
     # the receipt is the idempotency marker: it outlives the 48 h window
-    ttl = await redis.ttl(keys.receipt_key("SANDBOX0000000000000", "Purchase", "ord_1"))
-    assert keys.IDEMPOTENCY_TTL_S < ttl <= keys.RECEIPT_TTL_S
+    bucket = keys.receipts_key(keys.receipt_bucket(int(time.time() * 1000)))
+    assert await redis.hexists(bucket, "ord_1")
+    ttl = await redis.ttl(bucket)
+    assert keys.IDEMPOTENCY_TTL_S < ttl <= keys.RECEIPT_TTL_S + keys.RECEIPT_BUCKET_S
     counters = await redis.hgetall(keys.COUNTERS_HASH)
     assert counters[b"accepted"] == b"3"
     assert counters[b"duplicate"] == b"1"
@@ -367,9 +370,9 @@ async def test_required_consent_not_granted_is_suppressed_with_a_receipt(
     answer = await (await client.post("/e", json={"events": events})).json()
     assert [a["status"] for a in answer["accepted"]] == ["suppressed", "suppressed", "queued"]
     assert [e["event_id"] for e in await queued(redis)] == ["granted"]
-    receipt = await redis.hgetall(keys.receipt_key(PIXEL, "Purchase", "denied"))
-    assert receipt[b"state"] == b"suppressed"
-    assert receipt[b"reason"] == b"consent"
+    found = await receipt(redis, PIXEL, "Purchase", "denied")
+    assert found is not None
+    assert (found["state"], found["reason"]) == ("suppressed", "consent")
     assert (await redis.hgetall(keys.COUNTERS_HASH))[b"suppressed"] == b"2"
 
 

@@ -165,16 +165,24 @@ async def test_dead_letters_replay_with_their_event_id(
 async def test_an_event_is_never_sent_twice_even_if_queued_again(
     make_settings: MakeSettings, redis_url: str, redis: Redis
 ) -> None:
-    await enqueue(redis_url, ["once"])
+    """A repeat received more than 48 h after the first copy, but less than 48 h after TikTok
+    accepted it (it was delivered late), is still a duplicate: the delivered receipt is the
+    "sent" marker."""
+    from gateway.ingest.enqueue import IngestQueue, Outgoing, Status
+
+    received = time.time() - 46 * 3600
+    copy = Outgoing(PIXEL, "Purchase", "once", event_data("once"), "server")
+    await IngestQueue(redis).submit([copy], max_events=0, now=received)
     async with running_emulator() as tiktok:
-        async with running_worker(make_settings(**delivery_env(tiktok, redis_url))):
+        settings = make_settings(
+            **delivery_env(tiktok, redis_url), TTGW_DEAD_LETTER_AFTER_S=str(47 * 3600)
+        )
+        async with running_worker(settings):
             await settled(redis, 1, "delivered")
-            # a reclaimed copy, a replay or a racing worker put the same event back
-            # (here: the same event posted again after the 48 h idempotency window)
-            old_ms = int((time.time() - keys.IDEMPOTENCY_TTL_S - 60) * 1000)
-            await redis.hset(keys.receipt_key(PIXEL, "Purchase", "once"), "received_ms", old_ms)
-            await enqueue(redis_url, ["once"])
-            await settled(redis, 1, "duplicate")
+        later = received + keys.IDEMPOTENCY_TTL_S + 3600
+        assert await IngestQueue(redis).submit([copy], max_events=0, now=later) == [
+            Status.DUPLICATE
+        ]
         assert [e.event_id for e in tiktok.state.accepted] == ["once"]
     (receipt,) = await receipts_for(redis, "once")
     assert receipt["state"] == "delivered"

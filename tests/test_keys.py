@@ -21,11 +21,11 @@ def test_queue_operation_keys_share_one_slot() -> None:
         keys.DEAD_STREAM,
         keys.SANDBOX_STREAM,
         keys.COUNTERS_HASH,
-        keys.RECEIPT_LOG_STREAM,
-        keys.RECEIPT_IDS_HASH,
-        keys.sent_key(PIXEL, EVENT, EVENT_ID),
-        keys.receipt_key(PIXEL, EVENT, EVENT_ID),
-        keys.send_as_key(PIXEL, EVENT, EVENT_ID),
+        keys.RECEIPT_PAIRS_HASH,
+        keys.receipts_key(1),
+        keys.receipts_key(70000),
+        keys.receipt_log_key(70000),
+        keys.request_key("18c2f1a3b4c5d6"),
     ]
     assert len({slot(k) for k in together}) == 1
 
@@ -51,7 +51,9 @@ def test_every_key_has_the_prefix_and_one_hash_tag() -> None:
         for name, value in vars(keys).items()
         if isinstance(value, str) and name.isupper() and value.startswith(keys.PREFIX + ":")
     ] + [
-        keys.receipt_key(PIXEL, EVENT, EVENT_ID),
+        keys.receipts_key(7),
+        keys.receipt_log_key(7),
+        keys.request_key("r"),
         keys.visitor_key("v"),
         keys.ratelimit_key(PIXEL),
         keys.minute_stats_key(7),
@@ -64,7 +66,7 @@ def test_every_key_has_the_prefix_and_one_hash_tag() -> None:
 
 def test_dedup_identity_separates_its_parts() -> None:
     """("a:b", "c") and ("a", "b:c") must not collide."""
-    assert keys.receipt_key("P", "a:b", "c") != keys.receipt_key("P", "a", "b:c")
+    assert keys.dedup_id("P", "a:b", "c") != keys.dedup_id("P", "a", "b:c")
     assert keys.split_dedup_id(keys.dedup_id("P", "a:b", "c\x1fd")) == ("P", "a:b", "c\x1fd")
 
 
@@ -83,3 +85,17 @@ def test_tunables_carry_units() -> None:
     )
     assert tunables
     assert [n for n in tunables if not n.endswith(units)] == []
+
+
+def test_receipt_buckets_cover_the_windows() -> None:
+    """Ingest looks back over 48 h of receipts plus the longest a delivery can take after the
+    event arrived; readers over the whole retention."""
+    now_ms = 1_781_430_082_000
+    first, last = keys.idempotency_buckets(now_ms)[0], keys.idempotency_buckets(now_ms)[-1]
+    assert first == keys.receipt_bucket(now_ms)
+    window_ms = (keys.IDEMPOTENCY_TTL_S + keys.DEAD_LETTER_MAX_S) * 1000
+    assert last == keys.receipt_bucket(now_ms - window_ms)
+    retained = keys.retention_buckets(now_ms, keys.RECEIPT_TTL_S)
+    assert retained[0] == first + 1
+    assert retained[-1] < keys.receipt_bucket(now_ms - keys.RECEIPT_TTL_S * 1000)
+    assert keys.bucket_expiry_ms(first, 100) == (first + 1) * keys.RECEIPT_BUCKET_MS + 100_000

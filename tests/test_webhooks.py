@@ -21,10 +21,10 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.config import SettingsError
+from gateway.delivery.receipts import receipt
 from gateway.identity.cookies import TTP_COOKIE, VISITOR_COOKIE
 from gateway.ingest import shopify, woocommerce
 from gateway.settings import Settings
-from gateway.store import keys
 from tests.delivery_support import delivery_env, running_emulator, running_worker, wait_until
 from tests.ingest_support import (
     EMAIL,
@@ -225,8 +225,8 @@ def gateway(aiohttp_client: Any, make_settings: Callable[..., Settings], redis_u
 
 
 async def _delivered(redis: Redis, event_id: str) -> bool:
-    receipt = keys.receipt_key(PIXEL, "Purchase", event_id)
-    return await redis.hget(receipt, "state") == b"delivered"
+    found = await receipt(redis, PIXEL, "Purchase", event_id)
+    return found is not None and found["state"] == "delivered"
 
 
 async def test_a_shopify_order_reaches_tiktok_once_with_every_field(
@@ -269,8 +269,9 @@ async def test_a_shopify_order_reaches_tiktok_once_with_every_field(
     ]  # fmt: skip
     assert sent["page"]["url"].startswith(f"https://{SHOP}/products/linen-shirt?ttclid=")
     assert abs(sent["event_time"] - (time.time() - 60)) < 5  # created_at, not the arrival
-    receipt = await redis.hgetall(keys.receipt_key(PIXEL, "Purchase", "ord_5813209874562"))
-    assert receipt[b"source"] == b"webhook"
+    found = await receipt(redis, PIXEL, "Purchase", "ord_5813209874562")
+    assert found is not None
+    assert found["source"] == "webhook"
 
 
 async def test_a_woocommerce_order_reaches_tiktok_once(
@@ -453,8 +454,9 @@ async def test_a_shopify_test_order_is_queued_and_marked_in_its_receipt(
     assert (await response.json()) == {"status": "queued", "event_id": "ord_1001"}
     (entry,) = await queued(redis)
     assert entry["source"] == "webhook-test"
-    receipt = await redis.hgetall(keys.receipt_key(entry["pixel"], "Purchase", "ord_1001"))
-    assert receipt[b"source"] == b"webhook-test"
+    found = await receipt(redis, entry["pixel"], "Purchase", "ord_1001")
+    assert found is not None
+    assert found["source"] == "webhook-test"
 
 
 async def test_a_shop_domain_picks_its_integration_and_secret(

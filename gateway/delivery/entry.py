@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.store import keys
+from gateway.store.receipt_records import clean
 
 ENTRY_FIELDS = (
     "pixel",
@@ -18,6 +19,7 @@ ENTRY_FIELDS = (
     "data",
     "attempts",
     "first_try_ms",
+    "receipt_ms",
 )
 
 
@@ -34,6 +36,7 @@ class Entry:
     data: bytes
     attempts: int = 0
     first_try_ms: int = 0
+    receipt_ms: int = 0  # when its receipt was received, if not ``received_ms`` (a replay)
     shape: Mapping[str, Any] | None = field(default=None, repr=False)  # for coverage counters
 
     @property
@@ -41,9 +44,19 @@ class Entry:
         """TikTok's dedup identity of the event."""
         return keys.dedup_id(self.pixel, self.event, self.event_id)
 
+    @property
+    def receipts_key(self) -> str:
+        """The hash (time bucket) its receipt is in."""
+        return keys.receipts_key(keys.receipt_bucket(self.receipt_ms or self.received_ms))
+
+    @property
+    def pair(self) -> str:
+        """``pixel\x1fevent``: what its receipt record is numbered by."""
+        return f"{self.pixel}\x1f{self.event}"
+
     def as_fields(self) -> dict[str, str]:
         """The stream fields of the entry (what a retry puts back)."""
-        return {
+        fields = {
             "pixel": self.pixel,
             "event": self.event,
             "event_id": self.event_id,
@@ -53,6 +66,9 @@ class Entry:
             "attempts": str(self.attempts),
             "first_try_ms": str(self.first_try_ms),
         }
+        if self.receipt_ms:
+            fields["receipt_ms"] = str(self.receipt_ms)
+        return fields
 
     @classmethod
     def from_stream(cls, stream_id: bytes, fields: Mapping[bytes, bytes]) -> Entry | None:
@@ -68,6 +84,7 @@ class Entry:
                 data=fields[b"data"],
                 attempts=int(fields.get(b"attempts", b"0")),
                 first_try_ms=int(fields.get(b"first_try_ms", b"0")),
+                receipt_ms=int(fields.get(b"receipt_ms", b"0")),
             )
         except (KeyError, ValueError):
             return None
@@ -84,11 +101,11 @@ class Outcome:
 
     def fields(self) -> list[str]:
         """Receipt field/value pairs."""
-        pairs = ["message", self.message[:1000]]
+        pairs = ["message", clean(self.message[:1000])]
         for name, value in (
             ("http_status", self.http_status),
             ("code", self.code),
             ("request_id", self.request_id),
         ):
-            pairs += [name, "" if value is None else str(value)]
+            pairs += [name, "" if value is None else clean(str(value))]
         return pairs

@@ -2,105 +2,147 @@
 that move scheduled retries (the due ones back into the stream, all of them forward to now).
 
 All keys are under ``{q}``. A settle acks and deletes the stream entry in the same call as its
-receipt and counter, and changes nothing when run again (a call whose reply was lost with the
+receipt (a record in its time bucket, ``gateway/store/receipt_records.py``) and counter, and
+changes nothing when run again (a call whose reply was lost with the
 connection is retried by the worker). Built into calls by :class:`gateway.delivery.outbox.Outbox`.
 """
 
 from __future__ import annotations
 
 from gateway.store.connections import Lua
+from gateway.store.receipt_records import LUA
 
-DELIVERED = Lua("""
--- KEYS: stream, counters, then each entry's sent marker and receipt
--- ARGV: group, sent ttl s, receipt ttl s, the request body, where data[0] starts in it (1-based),
---       the number of receipt pairs common to every entry, those pairs, then for each entry:
---       stream id, attempts, first try ms, length of its JSON in the body
--- One call settles a whole request: each entry's change is the same as if settled alone.
--- The sent marker holds the stream id, so the same call run again (its reply was lost with the
--- connection, and the worker retries) changes nothing.
+DELIVERED = Lua(
+    LUA
+    + r"""
+-- KEYS: stream, counters, the request's key, pairs, then the receipt buckets of the entries
+-- ARGV: group, receipt ttl ms, bucket ms, request ttl ms, the request's body (zlib of its events'
+--       JSON joined by newlines), request id, now ms, then TikTok's http status, code, message,
+--       request_id, then for each entry: stream id, its bucket (index in KEYS from 5),
+--       event_id, pixel\31event, attempts, first try ms, received ms, source, click (1/0)
+-- One call settles a whole request: each entry's change is the same as if settled alone. An
+-- entry no longer pending was settled already (the same call run again after its reply was
+-- lost with the connection): nothing to do again. A receipt already delivered is a copy that a
+-- racing worker delivered: its receipt stands, this one is a repeat.
 local stream, counters, group = KEYS[1], KEYS[2], ARGV[1]
-local body, at, m = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local common = {}
-for i = 7, 6 + m do common[#common + 1] = ARGV[i] end
-local n = (#KEYS - 2) / 2
-local ids = {}
+local ttl_ms, bucket_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 local delivered, duplicate = 0, 0
+local n = (#ARGV - 11) / 9
 for i = 1, n do
-  local a = 3 + m + 4 * i
-  local receipt = KEYS[2 + 2 * i]
-  local size = tonumber(ARGV[a + 3])
-  ids[i] = ARGV[a]
-  local marker = KEYS[1 + 2 * i]
-  if redis.call('SET', marker, ARGV[a], 'NX', 'EX', ARGV[2]) then
-    redis.call('HSET', receipt, 'state', 'delivered', 'attempts', ARGV[a + 1],
-      'first_try_ms', ARGV[a + 2], 'payload', string.sub(body, at, at + size - 1), unpack(common))
-    redis.call('EXPIRE', receipt, ARGV[3])
-    delivered = delivered + 1
-  elseif redis.call('GET', marker) ~= ARGV[a] then
-    -- a copy was delivered meanwhile (a racing worker): its receipt stands, this is a repeat
-    redis.call('HINCRBY', receipt, 'duplicates', 1)
-    duplicate = duplicate + 1
-  end  -- else: this very entry, settled by a call whose reply was lost; nothing to do again
-  at = at + size + 1
+  local a = 12 + 9 * (i - 1)
+  if redis.call('XACK', stream, group, ARGV[a]) == 1 then
+    redis.call('XDEL', stream, ARGV[a])
+    local bucket, event_id = KEYS[4 + tonumber(ARGV[a + 1])], ARGV[a + 2]
+    local pid = pair_id(KEYS[4], ARGV[a + 3], true)
+    local list = rget(bucket, event_id)
+    local j = rfind(list, pid)
+    if j and list[j].state == 'd' then
+      list[j].dups = tostring(tonumber(list[j].dups or '0') + 1)
+      duplicate = duplicate + 1
+    else
+      if not j then
+        j = #list + 1
+        list[j] = rnew(pid, ARGV[a + 6], ARGV[a + 7])
+        rexpire(bucket, ttl_ms, bucket_ms)
+      end
+      local r = list[j]
+      rattempt(r, 'd', ARGV[a + 4], tostring(tonumber(ARGV[a + 5]) - tonumber(r.received)),
+        ARGV[a + 8], {}, 1)
+      r.ref = ARGV[6] .. ':' .. (i - 1)
+      delivered = delivered + 1
+    end
+    rput(bucket, event_id, list)
+  end
 end
-for i = 1, n, 1000 do  -- unpack() is bounded by Lua's C stack
-  local last = math.min(i + 999, n)
-  redis.call('XACK', stream, group, unpack(ids, i, last))
-  redis.call('XDEL', stream, unpack(ids, i, last))
+if delivered > 0 then
+  redis.call('HSET', KEYS[3], 'b', ARGV[5], 't', ARGV[7], 'h', ARGV[8], 'c', ARGV[9],
+    'm', ARGV[10], 'r', ARGV[11])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  redis.call('HINCRBY', counters, 'delivered', delivered)
 end
-if delivered > 0 then redis.call('HINCRBY', counters, 'delivered', delivered) end
 if duplicate > 0 then redis.call('HINCRBY', counters, 'duplicate', duplicate) end
 return {delivered, duplicate}
-""")
+"""
+)
 
-ALREADY_SENT = Lua("""
--- KEYS: stream, counters, receipt
--- ARGV: stream id, group
+ALREADY_SENT = Lua(
+    LUA
+    + r"""
+-- KEYS: stream, counters, receipts bucket, pairs
+-- ARGV: stream id, group, event_id, pixel\31event
 -- an entry no longer pending was settled already (a call run again after a lost reply)
 if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'duplicate', 1)
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  -- the sent marker proves an earlier copy was delivered, whatever a later ingest wrote here
-  redis.call('HSET', KEYS[3], 'state', 'delivered')
-  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+local pid = pair_id(KEYS[4], ARGV[4], false)
+local list = rget(KEYS[3], ARGV[3])
+local j = pid and rfind(list, pid)
+if j then
+  list[j].dups = tostring(tonumber(list[j].dups or '0') + 1)
+  rput(KEYS[3], ARGV[3], list)
 end
 return 1
-""")
+"""
+)
 
-RETRY = Lua("""
--- KEYS: stream, retry zset, retry data hash, receipt, counters
--- ARGV: stream id, group, dedup id, due ms, entry JSON, receipt ttl s, count it (1/0),
---       then receipt field/value pairs
+# RETRY and DEAD write their receipt the same way: a delivered receipt stays delivered (the
+# copy TikTok has is the receipt's; the worker skips this entry when it comes back)
+_ATTEMPT = r"""
+-- ARGV from ``at``: event_id, pixel\31event, received ms, source, attempts, first try ms,
+-- click, receipt ttl ms, bucket ms, then receipt field/value pairs
+local function attempt(bucket, pairs, state, at)
+  local event_id = ARGV[at]
+  local pid = pair_id(pairs, ARGV[at + 1], true)
+  local list = rget(bucket, event_id)
+  local j = rfind(list, pid)
+  if j and list[j].state == 'd' then return end
+  if not j then
+    j = #list + 1
+    list[j] = rnew(pid, ARGV[at + 2], ARGV[at + 3])
+    rexpire(bucket, tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8]))
+  end
+  local r = list[j]
+  rattempt(r, state, ARGV[at + 4], tostring(tonumber(ARGV[at + 5]) - tonumber(r.received)),
+    ARGV[at + 6], ARGV, at + 9)
+  rput(bucket, event_id, list)
+end
+"""
+
+RETRY = Lua(
+    LUA
+    + _ATTEMPT
+    + r"""
+-- KEYS: stream, retry zset, retry data hash, receipts bucket, counters, pairs
+-- ARGV: stream id, group, dedup id, due ms, entry JSON, count it (1/0), then the receipt (see
+--       attempt(), from 7)
 if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end  -- settled already
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[4], 'state', 'retrying', 'next_try_ms', ARGV[4], unpack(fields))
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[5], 'retried', 1) end
+attempt(KEYS[4], KEYS[6], 'r', 7)
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'retried', 1) end
 return 1
-""")
+"""
+)
 
-DEAD = Lua("""
--- KEYS: stream, dead stream, receipt, counters
--- ARGV: stream id, group, receipt ttl s, n (dead entry field/value pair count * 2),
---       dead entry pairs, then receipt pairs
+DEAD = Lua(
+    LUA
+    + _ATTEMPT
+    + r"""
+-- KEYS: stream, dead stream, receipts bucket, counters, pairs
+-- ARGV: stream id, group, n (dead entry field/value pair count * 2), dead entry pairs, then the
+--       receipt (see attempt())
 if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end  -- settled already
 redis.call('XDEL', KEYS[1], ARGV[1])
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[3])
 local entry = {}
-for i = 5, 4 + n do entry[#entry + 1] = ARGV[i] end
+for i = 4, 3 + n do entry[#entry + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(entry))
-local fields = {}
-for i = 5 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[3], 'state', 'dead', unpack(fields))
-redis.call('EXPIRE', KEYS[3], ARGV[3])
+attempt(KEYS[3], KEYS[5], 'x', 4 + n)
 redis.call('HINCRBY', KEYS[4], 'dead', 1)
 return 1
-""")
+"""
+)
 
 MOVE_DUE = Lua("""
 -- KEYS: retry zset, retry data hash, stream

@@ -3,10 +3,11 @@
 Dead letters are selected all at once, by event id, or by the time they were dead-lettered
 (``since``/``until``). Each one is moved by one Lua script: read from the dead stream, appended to
 the delivery stream with its attempts reset and a fresh arrival time (so the retry horizon starts
-again), removed from the dead stream, its receipt set back to ``queued`` and the counters moved
-from ``dead`` to ``replayed``. The ``event_id`` is kept, so TikTok deduplicates a replay of an
+again; the entry names its receipt's time, ``receipt_ms``, so the receipt is found in its bucket),
+removed from the dead stream, its receipt set back to ``queued`` and the counters moved from
+``dead`` to ``replayed``. The ``event_id`` is kept, so TikTok deduplicates a replay of an
 event it did accept within 48 hours — and the gateway itself never sends an event again that it
-knows was delivered (the ``sent`` marker). Events older than TikTok attributes are dead-lettered
+knows was delivered (its receipt says so). Events older than TikTok attributes are dead-lettered
 again as stale rather than sent.
 """
 
@@ -19,10 +20,14 @@ from typing import cast
 
 from gateway.store import keys
 from gateway.store.connections import Lua, LuaCall, RedisClient, eval_many
+from gateway.store.receipt_records import LUA
 from gateway.tiktok.names import canonical_event
 
-_REPLAY = Lua("""
--- KEYS: dead stream, events stream, counters; ARGV: dead id, now ms, prefix of receipts
+_REPLAY = Lua(
+    LUA
+    + r"""
+-- KEYS: dead stream, events stream, counters, the receipt's bucket, pairs
+-- ARGV: dead id, now ms
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return 0 end
 local raw = found[1][2]
@@ -30,16 +35,22 @@ local f = {}
 for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
 redis.call('XADD', KEYS[2], '*', 'pixel', f.pixel, 'event', f.event, 'event_id', f.event_id,
   'source', f.source or 'server', 'received_ms', ARGV[2], 'data', f.data, 'attempts', '0',
-  'first_try_ms', '0')
+  'first_try_ms', '0', 'receipt_ms', f.receipt_ms or f.received_ms)
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'dead', -1)
 redis.call('HINCRBY', KEYS[3], 'replayed', 1)
-local receipt = ARGV[3] .. f.pixel .. '\\31' .. f.event .. '\\31' .. f.event_id
-if redis.call('EXISTS', receipt) == 1 then
-  redis.call('HSET', receipt, 'state', 'queued', 'replayed_ms', ARGV[2], 'reason', '')
+local pid = pair_id(KEYS[5], f.pixel .. '\31' .. f.event, false)
+local list = rget(KEYS[4], f.event_id)
+local j = pid and rfind(list, pid)
+if j and list[j].state ~= 'd' then  -- a delivered one stays so: the worker will skip it
+  list[j].state = 'q'
+  list[j].x.replayed_ms = ARGV[2]
+  list[j].x.reason = nil
+  rput(KEYS[4], f.event_id, list)
 end
 return 1
-""")
+"""
+)
 
 PAGE = 500
 
@@ -54,6 +65,7 @@ class DeadLetter:
     event_id: str
     reason: str
     dead_ms: int
+    receipt_ms: int = 0  # when its receipt was received (the bucket it is in)
 
 
 async def dead_letters(
@@ -94,6 +106,7 @@ async def dead_letters(
                     event_id=text.get("event_id", ""),
                     reason=text.get("reason", ""),
                     dead_ms=int(dead_id.split(b"-")[0]),
+                    receipt_ms=int(text.get("receipt_ms") or text.get("received_ms") or 0),
                 )
             )
         if len(page) < PAGE:
@@ -111,12 +124,13 @@ async def replay(
     """Move ``letters`` back into the delivery stream; how many were moved."""
     items = list(letters)
     moved = 0
-    prefix = keys.receipt_key("", "", "").removesuffix("\x1f\x1f")
     for start in range(0, len(items), batch):
         now_ms = int(time.time() * 1000)
         calls: list[LuaCall] = [
-            (_REPLAY, [keys.DEAD_STREAM, keys.EVENTS_STREAM, keys.COUNTERS_HASH],
-             [letter.dead_id, now_ms, prefix])
+            (_REPLAY, [keys.DEAD_STREAM, keys.EVENTS_STREAM, keys.COUNTERS_HASH,
+                       keys.receipts_key(keys.receipt_bucket(letter.receipt_ms)),
+                       keys.RECEIPT_PAIRS_HASH],
+             [letter.dead_id, now_ms])
             for letter in items[start : start + batch]
         ]  # fmt: skip
         moved += sum(int(r) for r in await eval_many(redis, calls))

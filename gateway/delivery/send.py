@@ -5,7 +5,8 @@ Each request waits for a cell of the pixel's rate limiter (shared in Redis by ev
 for a send slot of the worker. The answer's body ``code`` decides what happens to the events (see
 :class:`gateway.delivery.verdicts.Verdict`):
 
-* delivered → settled, the whole request in one script call (receipts, 48 h ``sent`` markers);
+* delivered → settled, the whole request in one script call (receipts, the request's events
+  stored once, compressed);
   if the pixel had been failing, every scheduled retry is brought forward so a short outage does
   not leave events waiting minutes;
 * retry / throttled → back to the retry set with exponential backoff and full jitter (from
@@ -255,7 +256,7 @@ class Sender:
             # goes on through a cancel (see commit_accepted); marked settled first, so a cancel
             # here does not hand them back either.
             settled.update(e.stream_id for e in entries)
-            call = self.outbox.delivered(entries, outcome, now_ms, sent.body, sent.data_at)
+            call = self.outbox.delivered(entries, outcome, now_ms)
             await commit_accepted(self.outbox, call, [e.stream_id for e in entries])
             DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
             await self._after_success(pixel, probing=probing)

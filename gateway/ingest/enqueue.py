@@ -3,8 +3,9 @@
 Ingest acknowledges an event only after one Lua script has, atomically: checked the receipt of
 ``(pixel, event, event_id)`` (a receipt received less than 48 h ago, not ``suppressed``, makes it
 a duplicate: the receipt is the idempotency marker), checked the queue's size limit, appended the
-event to the stream, written its receipt, logged it in the receipt log and the event_id index,
-and counted it. A repeat inside the window is answered as a duplicate and not queued again.
+event to the stream, written its receipt (a compact record in the hash of the current receipt
+bucket, ``gateway/store/receipt_records.py``), logged it in that bucket's receipt log, and
+counted it. A repeat inside the window is answered as a duplicate and not queued again.
 Events suppressed by consent get a receipt that says so and are never queued. All keys of these
 scripts share the ``{q}`` hash tag.
 
@@ -13,8 +14,9 @@ aliases are one event, so the page's ``CompletePayment`` and the backend's ``Pur
 ``Order Completed``) for one order are queued once, whichever comes first. The event keeps the
 literal name it came with (in ``data``, and as the receipt's ``queued_as`` when that is not the
 canonical name). When the page's copy comes while the backend's, under another alias, is still
-queued or retrying, the page's name is written to ``keys.send_as_key`` (and to the receipt's
-``send_as``): the worker sends the queued event under it, so TikTok pairs it with the pixel's.
+queued or retrying, the page's name is written to the receipt's ``send_as``: the worker, which
+reads the receipt before sending, sends the queued event under it, so TikTok pairs it with the
+pixel's.
 
 Stream entry fields: ``pixel``, ``event`` (the canonical name), ``event_id``, ``data`` (the TikTok
 ``data[]`` object as JSON, hashed and enriched, with the literal name), ``received_ms``, ``source``
@@ -33,7 +35,7 @@ from functools import partial
 
 from gateway.operate.health import mirror_counts
 from gateway.operate.stats import stats_calls
-from gateway.store import keys
+from gateway.store import keys, receipt_records
 from gateway.store.connections import (
     REDIS_ERRORS,
     Lua,
@@ -44,79 +46,73 @@ from gateway.store.connections import (
 )
 from gateway.tiktok.names import canonical_event
 
-# Shared by both ingest scripts. KEYS[1] is the receipt; the time-ordered receipt log and the
-# event_id index are named by the caller. A log entry past the retention leaves with its index
-# entry, unless the receipt was received again since (a repeat past the 48 h idempotency window,
-# so "since" means more than a day after the entry was logged: clocks may differ by a little).
-_RECORD = r"""
-local function split(d)
-  return string.match(d, '^([^\31]*\31[^\31]*)\31(.*)$')
+# Shared by both ingest scripts. KEYS[1] is the receipts' bucket of this event's arrival;
+# KEYS[first..] the older buckets of the 48 h idempotency window (newest first).
+_LIVE = r"""
+-- when a delivered receipt's request was sent (its id starts with the time, in hex)
+local function sent_ms(r)
+  local request = r.state == 'd' and string.match(r.ref, '^(%x+):')
+  return request and tonumber(string.sub(request, 1, -7), 16)
 end
-local function record(log, ids, prefix, pair, event_id, received, ttl_ms)
-  redis.call('XADD', log, '*', 'd', pair .. '\31' .. event_id)
-  local have = redis.call('HGET', ids, event_id)
-  if not have then
-    redis.call('HSET', ids, event_id, pair)
-  elseif string.find('\30' .. have .. '\30', '\30' .. pair .. '\30', 1, true) == nil then
-    redis.call('HSET', ids, event_id, have .. '\30' .. pair)
-  end
-  local cutoff = received - ttl_ms
-  if cutoff <= 0 then return end
-  for _, e in ipairs(redis.call('XRANGE', log, '-', tostring(cutoff), 'COUNT', 4)) do
-    local d = e[2][2]
-    local old_pair, old_id = split(d)
-    local logged = tonumber(string.match(e[1], '^(%d+)'))
-    local again = tonumber(redis.call('HGET', prefix .. d, 'received_ms') or '0')
-    local renewed = again > logged + 86400000
-    if old_pair and not renewed then
-      local kept = {}
-      for p in string.gmatch(redis.call('HGET', ids, old_id) or '', '[^\30]+') do
-        if p ~= old_pair then kept[#kept + 1] = p end
-      end
-      if #kept == 0 then redis.call('HDEL', ids, old_id)
-      else redis.call('HSET', ids, old_id, table.concat(kept, '\30')) end
+-- the live receipt of this event (not suppressed; received, or delivered, inside the window):
+-- a duplicate
+local function live(pairs, pair, event_id, received, window_ms, first)
+  local pid = pair_id(pairs, pair, false)
+  if not pid then return nil end
+  local buckets = {KEYS[1]}
+  for i = first, #KEYS do buckets[#buckets + 1] = KEYS[i] end
+  for _, bucket in ipairs(buckets) do
+    local list = rget(bucket, event_id)
+    local r = list[rfind(list, pid) or 0]
+    if r and r.state ~= 's' and (received - tonumber(r.received) < window_ms
+        or received - (sent_ms(r) or 0) < window_ms) then
+      return bucket, list, rfind(list, pid)
     end
-    redis.call('XDEL', log, e[1])
   end
+  return nil
 end
--- a live receipt (not suppressed, received inside the window) makes this event a duplicate
-local function duplicate(receipt, counters, received, window_ms)
-  local st = redis.call('HMGET', receipt, 'state', 'received_ms')
-  if st[1] and st[1] ~= 'suppressed' and received - tonumber(st[2] or '0') < window_ms then
-    redis.call('HINCRBY', counters, 'accepted', 1)
-    redis.call('HINCRBY', counters, 'duplicate', 1)
-    redis.call('HINCRBY', receipt, 'duplicates', 1)
-    return true
-  end
-  return false
+-- a new receipt in this bucket (replacing a suppressed or expired one of the same event) and
+-- its log entry
+local function fresh(bucket, log, pairs, pair, event_id, received, source, expire_at)
+  local pid = pair_id(pairs, pair, true)
+  local list = rget(bucket, event_id)
+  local r = rnew(pid, received, source)
+  list[rfind(list, pid) or (#list + 1)] = r
+  redis.call('XADD', log, '*', 'd', pid .. '\31' .. event_id)
+  redis.call('PEXPIREAT', log, expire_at)
+  return r, list
 end
 """
 
 _ENQUEUE = Lua(
-    _RECORD
+    receipt_records.LUA
+    + _LIVE
     + r"""
--- KEYS: receipt, stream, receipt log, receipt ids, counters, send-as name
+-- KEYS: receipts bucket, stream, receipt log, pairs, counters, then the older buckets of the
+--       idempotency window
 -- ARGV: idempotency ttl s, queue max (0 = no limit), receipt ttl s, received ms,
---       pixel\31event (canonical), event_id, receipt key prefix, source, the literal name,
+--       pixel\31event (canonical), event_id, the bucket's expiry (ms), source, the literal name,
 --       then the stream entry's pairs
 local received = tonumber(ARGV[4])
 local canonical = string.match(ARGV[5], '\31(.*)$')
-if duplicate(KEYS[1], KEYS[5], received, tonumber(ARGV[1]) * 1000) then
+local bucket, list, j = live(KEYS[4], ARGV[5], ARGV[6], received, tonumber(ARGV[1]) * 1000, 6)
+if bucket then
+  redis.call('HINCRBY', KEYS[5], 'accepted', 1)
+  redis.call('HINCRBY', KEYS[5], 'duplicate', 1)
+  local r = list[j]
+  r.dups = tostring(tonumber(r.dups or '0') + 1)
   -- the first copy from the other side (page or backend) of a mirrored event: a server twin
-  local first = redis.call('HMGET', KEYS[1], 'source', 'received_ms')
-  local twin = ((first[1] or 'server') == 'browser') ~= (ARGV[8] == 'browser')
-    and redis.call('HSETNX', KEYS[1], 'twin', ARGV[8]) == 1
+  local first_source = r.source ~= '' and r.source or 'server'
+  local twin = (first_source == 'browser') ~= (ARGV[8] == 'browser') and not r.x.twin
+  if twin then r.x.twin = ARGV[8] end
   -- the page's copy of an event a backend queued under another alias, not yet sent: ours goes
   -- under the page's name, so TikTok pairs it with the pixel's copy (the first page copy wins)
-  if ARGV[8] == 'browser' then
-    local r = redis.call('HMGET', KEYS[1], 'state', 'source', 'queued_as', 'send_as')
-    if (r[1] == 'queued' or r[1] == 'retrying') and r[2] ~= 'browser' and not r[4]
-        and (r[3] or canonical) ~= ARGV[9] then
-      redis.call('SET', KEYS[6], ARGV[9], 'EX', ARGV[1])
-      redis.call('HSET', KEYS[1], 'send_as', ARGV[9])
-    end
+  if ARGV[8] == 'browser' and (r.state == 'q' or r.state == 'r') and r.source ~= 'browser'
+      and not r.x.send_as and (r.x.queued_as or canonical) ~= ARGV[9] then
+    r.x.send_as = ARGV[9]
   end
-  if twin then return {0, first[1] or 'server', first[2] or ARGV[4]} end
+  rput(bucket, ARGV[6], list)
+  if twin then return {0, first_source, r.received} end
   return 0
 end
 local limit = tonumber(ARGV[2])
@@ -126,12 +122,11 @@ end
 local fields = {}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-redis.call('DEL', KEYS[1], KEYS[6])
-redis.call('HSET', KEYS[1], 'state', 'queued', 'stream_id', id, 'attempts', 0,
-  'source', ARGV[8], 'received_ms', ARGV[4])
-if ARGV[9] ~= canonical then redis.call('HSET', KEYS[1], 'queued_as', ARGV[9]) end
-redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[3]), tonumber(ARGV[1])))
-record(KEYS[3], KEYS[4], ARGV[7], ARGV[5], ARGV[6], received, tonumber(ARGV[3]) * 1000)
+local r
+r, list = fresh(KEYS[1], KEYS[3], KEYS[4], ARGV[5], ARGV[6], ARGV[4], ARGV[8], ARGV[7])
+if ARGV[9] ~= canonical then r.x.queued_as = ARGV[9] end
+rput(KEYS[1], ARGV[6], list)
+redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 redis.call('HINCRBY', KEYS[5], 'accepted', 1)
 redis.call('HINCRBY', KEYS[5], 'queued', 1)
 return id
@@ -139,18 +134,28 @@ return id
 )
 
 _SUPPRESS = Lua(
-    _RECORD
+    receipt_records.LUA
+    + _LIVE
     + r"""
--- KEYS: receipt, receipt log, receipt ids, counters
+-- KEYS: receipts bucket, receipt log, pairs, counters, then the older buckets of the
+--       idempotency window
 -- ARGV: idempotency ttl s, receipt ttl s, received ms, pixel\31event, event_id,
---       receipt key prefix, source, reason
+--       the bucket's expiry (ms), source, reason
 local received = tonumber(ARGV[3])
-if duplicate(KEYS[1], KEYS[4], received, tonumber(ARGV[1]) * 1000) then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'state', 'suppressed', 'reason', ARGV[8], 'source', ARGV[7],
-  'received_ms', ARGV[3])
-redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), tonumber(ARGV[1])))
-record(KEYS[2], KEYS[3], ARGV[6], ARGV[4], ARGV[5], received, tonumber(ARGV[2]) * 1000)
+local bucket, list, j = live(KEYS[3], ARGV[4], ARGV[5], received, tonumber(ARGV[1]) * 1000, 5)
+if bucket then
+  redis.call('HINCRBY', KEYS[4], 'accepted', 1)
+  redis.call('HINCRBY', KEYS[4], 'duplicate', 1)
+  list[j].dups = tostring(tonumber(list[j].dups or '0') + 1)
+  rput(bucket, ARGV[5], list)
+  return 0
+end
+local r
+r, list = fresh(KEYS[1], KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[3], ARGV[7], ARGV[6])
+r.state = 's'
+r.x.reason = ARGV[8]
+rput(KEYS[1], ARGV[5], list)
+redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 redis.call('HINCRBY', KEYS[4], 'accepted', 1)
 redis.call('HINCRBY', KEYS[4], 'suppressed', 1)
 return 1
@@ -212,20 +217,24 @@ class IngestQueue:
         items queued before that stay queued (a retry of the request sees them as duplicates).
         """
         received_ms = int((time.time() if now is None else now) * 1000)
+        buckets = keys.idempotency_buckets(received_ms)
+        bucket = keys.receipts_key(buckets[0])
+        older = [keys.receipts_key(b) for b in buckets[1:]]
+        log = keys.receipt_log_key(buckets[0])
+        expire_at = keys.bucket_expiry_ms(buckets[0], max(receipt_ttl_s, keys.IDEMPOTENCY_TTL_S))
         calls: list[LuaCall] = []
         for item in items:
             event = canonical_event(item.event)
-            receipt = keys.receipt_key(item.pixel, event, item.event_id)
             pair = f"{item.pixel}\x1f{event}"
             if item.suppressed is not None:
                 calls.append(
                     (
                         _SUPPRESS,
-                        [receipt, keys.RECEIPT_LOG_STREAM, keys.RECEIPT_IDS_HASH,
-                         keys.COUNTERS_HASH],
+                        [bucket, log, keys.RECEIPT_PAIRS_HASH, keys.COUNTERS_HASH, *older],
                         [
                             keys.IDEMPOTENCY_TTL_S, receipt_ttl_s, received_ms, pair,
-                            item.event_id, keys.RECEIPT_KEY_PREFIX, item.source, item.suppressed,
+                            item.event_id, expire_at, item.source,
+                            receipt_records.clean(item.suppressed),
                         ],
                     )
                 )  # fmt: skip
@@ -238,16 +247,16 @@ class IngestQueue:
                 (
                     _ENQUEUE,
                     [
-                        receipt,
+                        bucket,
                         keys.EVENTS_STREAM,
-                        keys.RECEIPT_LOG_STREAM,
-                        keys.RECEIPT_IDS_HASH,
+                        log,
+                        keys.RECEIPT_PAIRS_HASH,
                         keys.COUNTERS_HASH,
-                        keys.send_as_key(item.pixel, event, item.event_id),
+                        *older,
                     ],
                     [
                         keys.IDEMPOTENCY_TTL_S, max_events, receipt_ttl_s, received_ms, pair,
-                        item.event_id, keys.RECEIPT_KEY_PREFIX, item.source, item.event, *fields,
+                        item.event_id, expire_at, item.source, item.event, *fields,
                     ],
                 )
             )  # fmt: skip

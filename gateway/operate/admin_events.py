@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from gateway.appkeys import HTTP, INTEGRATIONS, REDIS, SETTINGS, STORE
 from gateway.config import SettingsError
-from gateway.delivery.receipts import counters, decode_receipt, receipts_for
+from gateway.delivery.receipts import Found, assemble, counters, pair_names, receipts_for
 from gateway.delivery.replay import dead_letters, replay
 from gateway.operate.admin_http import BadRequest, _body, _json
 from gateway.operate.admin_integrations import _paused
@@ -21,6 +21,8 @@ from gateway.operate.health import health as attribution_health
 from gateway.operate.stats import coverage, drop_alerts, flow, warnings_by_field
 from gateway.store import keys
 from gateway.store.connections import RedisClient
+from gateway.store.receipt_records import STATES as STATE_NAMES
+from gateway.store.receipt_records import Record, decode
 from gateway.tiktok.names import canonical_event
 
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -69,9 +71,8 @@ def _summary(receipt: dict[str, Any]) -> dict[str, Any]:
         "source",
     )
     summary = {name: receipt.get(name) for name in names}
-    payload = receipt.get("payload")
-    user = payload.get("user") if isinstance(payload, dict) else None
-    summary["click"] = bool(user.get("ttclid")) if isinstance(user, dict) else None
+    click = receipt.get("click")  # stored with the receipt: a list reads no payload
+    summary["click"] = None if not click else click == "1"
     return summary
 
 
@@ -79,20 +80,29 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
-async def _search(redis: RedisClient, text: str) -> list[tuple[str, str]]:
-    """Receipt members whose event_id contains ``text`` (``1042`` finds ``ord_1042``), from the
-    event_id index; at most ``SEARCH_MAX`` receipts, each with log id "0-0" (a search has no
-    cursor)."""
-    found: list[tuple[str, str]] = []
+async def _search(redis: RedisClient, text: str, buckets: list[int]) -> list[Found]:
+    """Receipt records whose event_id contains ``text`` (``1042`` finds ``ord_1042``), from the
+    receipt buckets, newest first; at most ``SEARCH_MAX``."""
+    found: list[Found] = []
     pattern = f"*{_glob_escape(text)}*"
-    async for raw_id, raw_pairs in redis.hscan_iter(keys.RECEIPT_IDS_HASH, pattern, count=1000):
-        event_id = raw_id.decode()
-        found.extend(
-            (f"{pair}\x1f{event_id}", "0-0") for pair in raw_pairs.decode().split("\x1e") if pair
-        )
-        if len(found) >= SEARCH_MAX:
-            break
+    for bucket in buckets:
+        async for raw_id, value in redis.hscan_iter(keys.receipts_key(bucket), pattern, count=1000):
+            found.extend((raw_id.decode(), record) for record in decode(value))
+            if len(found) >= SEARCH_MAX:
+                return found[:SEARCH_MAX]
     return found
+
+
+def _cursor(text: str) -> tuple[int, str]:
+    """A cursor from a previous page: the bucket and the log entry id to continue below."""
+    try:
+        decoded = base64.urlsafe_b64decode(text.encode() + b"==").decode()
+    except (ValueError, UnicodeDecodeError):
+        decoded = ""
+    bucket, _, entry_id = decoded.partition("/")
+    if not bucket.isdigit() or len(bucket) > 20 or not _STREAM_ID.fullmatch(entry_id):
+        raise BadRequest("not a cursor from a previous page", "cursor")
+    return int(bucket), entry_id
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -110,66 +120,84 @@ async def list_events(request: web.Request) -> web.Response:
     if len(text) > SEARCH_TEXT_MAX:
         raise BadRequest(f"at most {SEARCH_TEXT_MAX} characters", "q")
     redis = request.config_dict[REDIS]
+    buckets = keys.retention_buckets(
+        int(time.time() * 1000), request.config_dict[SETTINGS].receipt_ttl_s
+    )
+    names = await pair_names(redis)
 
-    async def matching(members: list[tuple[str, str]]) -> list[tuple[dict[str, Any], str]]:
-        pipe = redis.pipeline(transaction=False)
-        kept = []
-        for member, entry_id in members:
-            p, e, i = keys.split_dedup_id(member)
-            if (pixel and p != pixel) or (event and canonical_event(e) != event):
-                continue
-            kept.append((member, entry_id))
-            pipe.hgetall(keys.receipt_key(p, e, i))
-        out = []
-        for (member, entry_id), raw in zip(kept, await pipe.execute(), strict=True):
-            receipt = decode_receipt(raw, member) if raw else None
-            if receipt is not None and (not state or receipt.get("state") == state):
-                out.append((receipt, entry_id))
-        return out
+    def wanted(record: Record) -> bool:
+        p, e = names.get(record.pair, ("", ""))
+        return (
+            (not pixel or p == pixel)
+            and (not event or canonical_event(e) == event)
+            and (not state or STATE_NAMES.get(record.state) == state)
+        )
 
     if text:
-        received = [r for r, _ in await matching(await _search(redis, text))]
-        received = [
-            r
-            for r in received
-            if (since is None or (r.get("received_ms") or 0) >= since)
-            and (until is None or (r.get("received_ms") or 0) <= until)
+        found = [f for f in await _search(redis, text, buckets) if wanted(f[1])]
+        found = [
+            (i, r)
+            for i, r in found
+            if (since is None or r.received_ms >= since)
+            and (until is None or r.received_ms <= until)
         ]
-        received.sort(key=lambda r: r.get("received_ms") or 0, reverse=True)
-        return _json({"events": [_summary(r) for r in received[:limit]], "next_cursor": None})
+        found.sort(key=lambda f: f[1].received_ms, reverse=True)
+        received = await assemble(redis, found[:limit], names, payloads=False)
+        return _json({"events": [_summary(r) for r in received], "next_cursor": None})
     cursor = request.query.get("cursor")
     high = str(until) if until is not None else "+"
-    if cursor:
-        try:
-            decoded = base64.urlsafe_b64decode(cursor.encode() + b"==").decode()
-        except (ValueError, UnicodeDecodeError):
-            decoded = ""
-        if not _STREAM_ID.fullmatch(decoded):
-            raise BadRequest("not a cursor from a previous page", "cursor")
-        high = f"({decoded}"
     low = str(since) if since is not None else "-"
-    found: list[dict[str, Any]] = []
+    if cursor:
+        start, entry_id = _cursor(cursor)
+        buckets = [b for b in buckets if b <= start]
+        high = f"({entry_id}"
+    elif until is not None:
+        buckets = [b for b in buckets if b <= keys.receipt_bucket(until) + 1]
+    if since is not None:
+        buckets = [b for b in buckets if b >= keys.receipt_bucket(since) - 1]
+    chosen: list[Found] = []
     next_cursor: str | None = None
-    while len(found) < limit:
-        page = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]",
-            await redis.xrevrange(keys.RECEIPT_LOG_STREAM, high, low, count=500),
-        )
-        if not page:
-            break
-        high = f"({page[-1][0].decode()}"
-        members = [(f.get(b"d", b"").decode(), raw_id.decode()) for raw_id, f in page]
-        for receipt, entry_id in await matching(members):
-            found.append(_summary(receipt))
-            if len(found) == limit:
-                next_cursor = base64.urlsafe_b64encode(entry_id.encode()).decode().rstrip("=")
+    for bucket in buckets:
+        while len(chosen) < limit and next_cursor is None:
+            page = cast(
+                "list[tuple[bytes, dict[bytes, bytes]]]",
+                await redis.xrevrange(keys.receipt_log_key(bucket), high, low, count=500),
+            )
+            if not page:
                 break
-    return _json({"events": found, "next_cursor": next_cursor})
+            high = f"({page[-1][0].decode()}"
+            members = []
+            for raw_id, f in page:
+                number, _, event_id = f.get(b"d", b"").decode().partition("\x1f")
+                members.append((raw_id.decode(), number, event_id))
+            pipe = redis.pipeline(transaction=False)
+            for _, _, event_id in members:
+                pipe.hget(keys.receipts_key(bucket), event_id)
+            for (entry_id, number, event_id), value in zip(
+                members, await pipe.execute(), strict=True
+            ):
+                record = next((r for r in decode(value) if r.pair == number), None)
+                if record is None or not wanted(record):
+                    continue
+                chosen.append((event_id, record))
+                if len(chosen) == limit:
+                    token = f"{bucket}/{entry_id}".encode()
+                    next_cursor = base64.urlsafe_b64encode(token).decode().rstrip("=")
+                    break
+        if len(chosen) >= limit:
+            break
+        high = str(until) if until is not None else "+"
+    found_receipts = await assemble(redis, chosen, names, payloads=False)
+    return _json({"events": [_summary(r) for r in found_receipts], "next_cursor": next_cursor})
 
 
 async def event_receipts(request: web.Request) -> web.Response:
     """Every receipt of one event id (one per pixel and event name)."""
-    receipts = await receipts_for(request.config_dict[REDIS], request.match_info["event_id"])
+    receipts = await receipts_for(
+        request.config_dict[REDIS],
+        request.match_info["event_id"],
+        request.config_dict[SETTINGS].receipt_ttl_s,
+    )
     if not receipts:
         raise BadRequest(
             "no receipt for this event_id (unknown, or older than the retention)", "event_id", 404

@@ -3,12 +3,12 @@
 Keys touched together by one operation (one Lua script or MULTI/EXEC) share one hash tag, so the
 operation is legal on Redis Cluster:
 
-* ``{q}`` — the delivery queue: the event stream, its retry set, dead letters, receipts (which
-  double as the ingest idempotency markers), their time-ordered log and event_id index, delivery
-  markers, the name a queued event is to be sent under (``send-as``), the sandbox's record and
-  queue counters. Ingest (receipt check + XADD + receipt, or the ``send-as`` name of a
-  duplicate) and settlement (XACK + XDEL + receipt + "sent" marker, or ZADD retry, or XADD dead)
-  are single scripts over these keys.
+* ``{q}`` — the delivery queue: the event stream, its retry set, dead letters, receipts (packed
+  in time buckets; they double as the ingest idempotency markers and the "sent" markers), their
+  time-ordered logs, the delivered requests' bodies, the sandbox's record and queue counters.
+  Ingest (receipt check + XADD + receipt, or the ``send_as`` name of a duplicate) and settlement
+  (XACK + XDEL + receipts + the request's body, or ZADD retry, or XADD dead) are single scripts
+  over these keys.
 * ``{id}`` — identity: visitors (click, ``_ttp``, IP, user agent), and the links from hashed
   email / phone / customer id to visitors. Stitching reads and writes these in one script.
 * ``{rl:<pixel>}`` — one rate limiter per pixel (its own tag: it is hot and touched alone).
@@ -36,38 +36,10 @@ def dedup_id(pixel_code: str, event: str, event_id: str) -> str:
     """The identity an event is delivered once by: pixel, event name, event_id.
 
     ``event`` is the canonical name (``tiktok.names.canonical_event``): TikTok's aliases, such as
-    ``CompletePayment`` and ``Purchase``, are one event. Every key built from it below takes the
-    canonical name too; the name sent to TikTok may differ (see :func:`send_as_key`).
+    ``CompletePayment`` and ``Purchase``, are one event. Receipts and retries are found by it
+    with the canonical name too; the name sent to TikTok may differ (the receipt's ``send_as``).
     """
     return f"{pixel_code}\x1f{event}\x1f{event_id}"
-
-
-def sent_key(pixel_code: str, event: str, event_id: str) -> str:
-    """Set when TikTok accepted the event: it is never sent again inside the dedup window."""
-    return f"{PREFIX}:{QUEUE_TAG}:sent:{dedup_id(pixel_code, event, event_id)}"
-
-
-RECEIPT_KEY_PREFIX = f"{PREFIX}:{QUEUE_TAG}:receipt:"  # + dedup id (Lua builds keys from it)
-
-
-def receipt_key(pixel_code: str, event: str, event_id: str) -> str:
-    """A hash with the event's delivery receipt, kept for :data:`RECEIPT_TTL_S`.
-
-    It is also the ingest idempotency marker: an event whose receipt (not ``suppressed``) was
-    received less than :data:`IDEMPOTENCY_TTL_S` ago is a duplicate and is not queued again.
-    """
-    return RECEIPT_KEY_PREFIX + dedup_id(pixel_code, event, event_id)
-
-
-def send_as_key(pixel_code: str, event: str, event_id: str) -> str:
-    """The literal name to send a queued event under, when the page used another alias.
-
-    Written by ingest (never by the worker) when the page's copy of an event arrives while the
-    backend's copy of it, under another alias, is still queued or retrying: a string holding the
-    page's name (``CompletePayment`` while ``Purchase`` is queued), kept :data:`IDEMPOTENCY_TTL_S`.
-    The worker sends the queued event under that name, so TikTok pairs it with the pixel's copy.
-    """
-    return f"{PREFIX}:{QUEUE_TAG}:send-as:{dedup_id(pixel_code, event, event_id)}"
 
 
 def split_dedup_id(dedup: str) -> tuple[str, str, str]:
@@ -76,12 +48,65 @@ def split_dedup_id(dedup: str) -> tuple[str, str, str]:
     return pixel, event, event_id
 
 
-# Receipts in the order they were received: a stream whose entries hold the dedup id (field
-# ``d``), trimmed past the receipt retention; its ids give the time (Redis's clock).
-RECEIPT_LOG_STREAM = f"{PREFIX}:{QUEUE_TAG}:receipt-log"
-# event_id → the ``pixel\x1fevent`` pairs it has receipts for, joined by ``\x1e``; a field
-# leaves when its log entry is trimmed.
-RECEIPT_IDS_HASH = f"{PREFIX}:{QUEUE_TAG}:receipt-ids"
+# Receipts (``gateway/store/receipt_records.py`` has their format). They are packed by the time
+# they were received: one hash per bucket of RECEIPT_BUCKET_S, field = event_id, value = the
+# compact records of that event_id (one per pixel and canonical event name), expiring as a whole
+# RECEIPT_TTL_S after the bucket's end. The receipt doubles as the ingest idempotency marker and
+# the "sent" marker: ingest looks in the buckets of the last 48 h, the worker in its entry's.
+RECEIPT_BUCKET_S = 6 * 3600
+RECEIPT_BUCKET_MS = RECEIPT_BUCKET_S * 1000
+RECEIPTS_PREFIX = f"{PREFIX}:{QUEUE_TAG}:rc:"  # + bucket
+RECEIPT_LOG_PREFIX = f"{PREFIX}:{QUEUE_TAG}:rlog:"  # + bucket
+# ``pixel\x1fevent`` → a small number, and ``=<number>`` → the pair: receipts and log entries
+# name the pair by its number (a few bytes instead of ~30 per event). Never expires: it holds one
+# field per pixel and event name, no identifier of anyone.
+RECEIPT_PAIRS_HASH = f"{PREFIX}:{QUEUE_TAG}:rpairs"
+REQUEST_PREFIX = f"{PREFIX}:{QUEUE_TAG}:req:"  # + request id: one delivered request, see below
+
+
+def receipt_bucket(ms: int) -> int:
+    """The receipt bucket of a time (Unix ms)."""
+    return ms // RECEIPT_BUCKET_MS
+
+
+def receipts_key(bucket: int) -> str:
+    """The hash of the receipts received in one bucket: field event_id, value its records."""
+    return f"{RECEIPTS_PREFIX}{bucket}"
+
+
+def receipt_log_key(bucket: int) -> str:
+    """The receipts of one bucket in the order they were received: a stream whose entries hold
+    ``<pair number>\x1f<event_id>`` (field ``d``); its ids give the time (Redis's clock)."""
+    return f"{RECEIPT_LOG_PREFIX}{bucket}"
+
+
+def bucket_expiry_ms(bucket: int, receipt_ttl_s: int) -> int:
+    """When a bucket's receipts and log expire (Unix ms): ``receipt_ttl_s`` after its end."""
+    return (bucket + 1) * RECEIPT_BUCKET_MS + receipt_ttl_s * 1000
+
+
+def idempotency_buckets(received_ms: int) -> list[int]:
+    """The buckets a live receipt can be in, newest first: received less than
+    :data:`IDEMPOTENCY_TTL_S` ago, or delivered less than that ago (and so received at most
+    :data:`DEAD_LETTER_MAX_S` before its delivery)."""
+    first = receipt_bucket(received_ms - (IDEMPOTENCY_TTL_S + DEAD_LETTER_MAX_S) * 1000)
+    return list(range(receipt_bucket(received_ms), first - 1, -1))
+
+
+def retention_buckets(now_ms: int, receipt_ttl_s: int) -> list[int]:
+    """Every bucket that can still hold receipts, newest first (one ahead for clock skew)."""
+    oldest = receipt_bucket(now_ms - receipt_ttl_s * 1000) - 1
+    return list(range(receipt_bucket(now_ms) + 1, oldest - 1, -1))
+
+
+def request_key(request: str) -> str:
+    """One request TikTok accepted: a hash with its events' JSON (``b``: zlib of the events
+    joined by newlines, in the order sent) and TikTok's answer (``t`` time, ``h`` HTTP status,
+    ``c`` code, ``m`` message, ``r`` request_id). Each delivered receipt names its request and
+    line: the payloads of up to 1,000 events are stored once, compressed together."""
+    return f"{REQUEST_PREFIX}{request}"
+
+
 RETRY_DATA_HASH = f"{PREFIX}:{QUEUE_TAG}:retry-data"  # field: dedup id, value: the entry as JSON
 PROBE_LOCK_PREFIX = f"{PREFIX}:{QUEUE_TAG}:probe:"  # + pixel: one probe of a paused pixel at once
 
@@ -153,6 +178,7 @@ RECEIPT_TTL_S = 7 * 86400
 MINUTE_STATS_TTL_S = 2 * 86400
 COVERAGE_TTL_S = 8 * 86400
 DEAD_LETTER_HORIZON_S = 24 * 3600  # give up well before TikTok's 48 h dedup window closes
+DEAD_LETTER_MAX_S = 47 * 3600  # the most TTGW_DEAD_LETTER_AFTER_S may be
 EVENT_MAX_AGE_S = 7 * 86400  # older events are not worth sending (see the reference, §3)
 
 # Request bodies

@@ -83,9 +83,10 @@ def canonical_event(name: str) -> str:
     """The one name of an event among TikTok's aliases: ``CompletePayment`` → ``Purchase``,
     ``Checkout`` → ``PlaceAnOrder``, ...; any other name is its own.
 
-    The gateway's idempotency identity ``(pixel, event, event_id)`` — receipts, sent markers, the
-    queued entry's ``event`` field — uses this name, so a page's ``CompletePayment`` and a
-    backend's ``Purchase`` for one order are one event. What is sent keeps its literal name.
+    The gateway's idempotency identity ``(pixel, event, event_id)`` — receipts (the sent
+    markers too), the queued entry's ``event`` field — uses this name, so a page's
+    ``CompletePayment`` and a backend's ``Purchase`` for one order are one event.
+    What is sent keeps its literal name.
     """
     return EVENT_ALIASES.get(name, name)
 

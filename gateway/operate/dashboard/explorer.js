@@ -1,6 +1,6 @@
 /* The event explorer of the dashboard: "did order 1042 reach TikTok, with its click?"
  *
- * Search receipts by event id or order id (GET v1/admin/events?q=, the event_id index) or by time
+ * Search receipts by event id or order id (GET v1/admin/events?q=, the receipts' buckets) or by time
  * (the receipt log, paged with its cursor); show each event's status, its source and whether it
  * carried a click; open one for the payload exactly as TikTok got it (hashed) and TikTok's answer;
  * replay it; and, in sandbox or test mode, tail incoming events live.
