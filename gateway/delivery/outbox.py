@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import orjson
+from redis.asyncio.client import Pipeline as AsyncPipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import ResponseError
 
 from gateway.delivery.entry import Entry, Outcome
 from gateway.delivery.outbox_scripts import ALREADY_SENT, DEAD, DELIVERED, EXPEDITE, MOVE_DUE, RETRY
 from gateway.store import keys
 from gateway.store.connections import LuaCall, RedisClient, eval_many
+
+Pipeline: TypeAlias = AsyncPipeline | ClusterPipeline  # a round trip several parts fill
 
 
 class Outbox:
@@ -129,9 +133,21 @@ class Outbox:
         name here, so TikTok pairs it with the pixel's copy."""
         if not entries:
             return []
+        pipe = self.redis.pipeline(transaction=False)
+        self.look_up_sent(pipe, entries)
+        (values,) = await pipe.execute()
+        return self.already_sent_in(entries, values)
+
+    @staticmethod
+    def look_up_sent(pipe: Pipeline, entries: Sequence[Entry]) -> None:
+        """Queue :meth:`already_sent`'s MGET in ``pipe``, for :meth:`already_sent_in`."""
         names = [keys.sent_key(e.pixel, e.event, e.event_id) for e in entries]
         names += [keys.send_as_key(e.pixel, e.event, e.event_id) for e in entries]
-        values = await self.redis.mget(names)
+        pipe.mget(names)
+
+    @staticmethod
+    def already_sent_in(entries: Sequence[Entry], values: Sequence[bytes | None]) -> list[bool]:
+        """:meth:`already_sent`'s answer from the MGET's reply (renaming entries as it says)."""
         n = len(entries)
         for entry, send_as in zip(entries, values[n:], strict=True):
             if send_as is not None:
