@@ -3,7 +3,7 @@ it was in, as its receipt records it (:class:`Outcome`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,8 @@ ENTRY_FIELDS = (
     "attempts",
     "first_try_ms",
 )
+
+_INGEST_ORDER = [b"pixel", b"event", b"event_id", b"source", b"received_ms", b"data"]
 
 
 @dataclass(slots=True)
@@ -73,6 +75,27 @@ class Entry:
             )
         except (KeyError, ValueError):
             return None
+
+    @classmethod
+    def from_flat(cls, stream_id: bytes, flat: Sequence[bytes]) -> Entry | None:
+        """An entry from a stream entry's field/value list as Redis sends it; None for a
+        malformed one. The fields in the order ingest writes them are read by position (no
+        dict built: a read of 5,000 runs this 5,000 times), any other order by name."""
+        if flat[::2] == _INGEST_ORDER:
+            try:
+                return cls(
+                    stream_id.decode(),
+                    flat[1].decode(),
+                    flat[3].decode(),
+                    flat[5].decode(),
+                    flat[7].decode(),
+                    int(flat[9]),
+                    flat[11],
+                )
+            except ValueError:
+                return None
+        it = iter(flat)
+        return cls.from_stream(stream_id, dict(zip(it, it, strict=False)))
 
 
 @dataclass(frozen=True, slots=True)
