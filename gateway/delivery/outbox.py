@@ -20,8 +20,10 @@ Redis 6.2 (the embedded server) and 7.0 are both supported: XAUTOCLAIM's third r
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 import orjson
@@ -278,26 +280,51 @@ class Outbox:
             ],
         )
 
-    async def move_due(self, now_ms: int | None = None, limit: int = 1000) -> int:
-        """Bring retries whose time has come back into the stream; how many moved."""
+    async def move_due(
+        self, now_ms: int | None = None, limit: int = keys.RETRY_SCAN_COUNT,
+        pace: RetryPace | None = None,
+    ) -> tuple[int, int]:  # fmt: skip
+        """Bring retries whose time has come back into the stream, each pixel's as far as
+        ``pace`` allows (none: all of them); how many moved, and how many due ones were looked
+        at (``limit``: maybe more are due)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        (moved,) = await eval_many(
-            self.redis,
-            [
-                (
-                    MOVE_DUE,
-                    [keys.RETRY_ZSET, keys.RETRY_DATA_HASH, keys.EVENTS_STREAM],
-                    [now, limit],
-                )
-            ],
-        )
-        return int(moved)
+        pace = pace or RetryPace(allowance=0, step_ms=0.0)
+        call_keys = [
+            keys.RETRY_ZSET, keys.RETRY_DATA_HASH, keys.EVENTS_STREAM, keys.RETRY_PACE_HASH,
+        ]  # fmt: skip
+        args: list[str | int] = [
+            now, limit, keys.RETRY_MOVED_PREFIX, pace.allowance, repr(pace.step_ms),
+            int(keys.RETRY_POLL_INTERVAL_S * 1000), int(keys.RETRY_MOVED_STALE_S * 1000),
+        ]  # fmt: skip
+        (reply,) = await eval_many(self.redis, [(MOVE_DUE, call_keys, args)])
+        return int(reply[0]), int(reply[1])
 
     async def expedite(self, limit: int = 10_000) -> int:
         """Make every scheduled retry due now (TikTok recovered); how many."""
         now = int(time.time() * 1000)
-        (moved,) = await eval_many(self.redis, [(EXPEDITE, [keys.RETRY_ZSET], [now, limit])])
+        (moved,) = await eval_many(
+            self.redis, [(EXPEDITE, [keys.RETRY_ZSET, keys.RETRY_PACE_HASH], [now, limit])]
+        )
         return int(moved)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPace:
+    """How fast a pixel's due retries go back into the stream: as fast as its rate limiter lets
+    them be sent, not faster (after an outage, a flood of retries would hold the stream and the
+    pixel's new events behind them)."""
+
+    allowance: int  # moved retries a pixel may have in the stream, not settled yet
+    step_ms: float  # between two of its retries at the limiter's pace
+
+    @classmethod
+    def of(
+        cls, requests_per_s: float, burst: int, batch_events: int, interval_s: float
+    ) -> RetryPace:
+        """What a limiter of ``requests_per_s`` and ``burst``, with ``batch_events`` a request,
+        sends in one interval of ``interval_s`` from rest; and its pace, event by event."""
+        requests = burst + math.ceil(requests_per_s * interval_s)
+        return cls(requests * batch_events, 1000 / (requests_per_s * batch_events))
 
 
 def _unparsed_reads(redis: RedisClient) -> Redis | None:
