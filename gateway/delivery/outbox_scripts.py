@@ -145,7 +145,6 @@ for _, member in ipairs(due) do
       redis.call('HDEL', data, member)
       if allowance > 0 then
         redis.call('ZADD', prefix .. pixel, now, id)
-        redis.call('PEXPIRE', prefix .. pixel, stale)
         room[pixel] = room[pixel] - 1
       end
       moved = moved + 1
@@ -160,6 +159,7 @@ for _, member in ipairs(due) do
     spread[pixel] = at + step
   end
 end
+for pixel, _ in pairs(room) do redis.call('PEXPIRE', prefix .. pixel, stale) end
 local last = 0
 for pixel, at in pairs(spread) do
   redis.call('HSET', pace, pixel, string.format('%d', at))
