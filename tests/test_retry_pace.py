@@ -87,10 +87,15 @@ async def test_due_retries_move_as_far_as_the_allowance_and_the_rest_waits_its_t
     assert len(spread) == 40
     assert spread[0] >= now + INTERVAL_MS
     assert all(b - a == 100.0 for a, b in itertools.pairwise(spread))
-    # nothing more before its turn, and nothing while the stream still holds the allowance
+    # nothing more before its turn, and nothing while the stream still holds the allowance;
+    # the allowance waiting a minute says the pixel sends slower than its limiter (TikTok
+    # throttles it): the surplus is spread at that pace, a minute per allowance
     assert await outbox.move_due(now) == (0, 0)
     assert await outbox.move_due(now + 60_000, pace=pace) == (0, 40)
     assert len((await in_stream(redis))[PIXEL]) == 10
+    spread = [score for _, score in await redis.zrange(keys.RETRY_ZSET, 0, -1, withscores=True)]
+    assert spread[0] >= now + 60_000 + INTERVAL_MS
+    assert all(b - a == 6_000.0 for a, b in itertools.pairwise(spread))
 
     # as moved retries are settled, as many more move; never more than the allowance
     delivered = await settle_all(redis, outbox)

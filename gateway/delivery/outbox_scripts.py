@@ -112,29 +112,37 @@ MOVE_DUE = Lua("""
 -- A pixel's retries go back into the stream only as far as its allowance has room: the moved
 -- ones still in the stream (settled ones leave it) are counted from the pixel's moved set, oldest
 -- first, up to the first one still there (an over-count, never an under-count, when settles come
--- out of order). The rest of its due retries are spread over the time ahead at the limiter's
--- pace (the pace hash keeps where the pixel's spread ends), so they are not looked at again
--- before their turn and the retries behind them, other pixels' too, are.
+-- out of order). The rest of its due retries are spread over the time ahead at the pace it sends
+-- at (the pace hash keeps where the pixel's spread ends), so they are not looked at again before
+-- their turn and the retries behind them, other pixels' too, are.
 local retry, data, stream, pace = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, prefix, allowance = tonumber(ARGV[1]), ARGV[3], tonumber(ARGV[4])
 local step, interval, stale = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-local room, spread = {}, {}
+local room, spread, pace_of = {}, {}, {}
 local moved = 0
-local function room_of(pixel)
+-- room for the pixel's retries in the stream, and the pace its retries are sent at: the
+-- limiter's, or slower when the oldest moved retry still in the stream has waited longer than
+-- that pace explains (TikTok throttles the pixel): the allowance took that long, not one interval
+local function look_at(pixel)
   local set = prefix .. pixel
+  local waited = 0
   while true do
     local oldest = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
     if #oldest == 0 then break end
     if tonumber(oldest[2]) > now - stale
-      and #redis.call('XRANGE', stream, oldest[1], oldest[1]) > 0 then break end
+      and #redis.call('XRANGE', stream, oldest[1], oldest[1]) > 0 then
+      waited = now - tonumber(oldest[2])
+      break
+    end
     redis.call('ZREM', set, oldest[1])
   end
-  return allowance - redis.call('ZCARD', set)
+  room[pixel] = allowance - redis.call('ZCARD', set)
+  pace_of[pixel] = math.max(step, waited / allowance)
 end
 for _, member in ipairs(due) do
   local pixel = string.match(member, '^([^\\31]*)\\31') or ''
-  if allowance > 0 and room[pixel] == nil then room[pixel] = room_of(pixel) end
+  if allowance > 0 and room[pixel] == nil then look_at(pixel) end
   if allowance <= 0 or room[pixel] > 0 then
     local raw = redis.call('HGET', data, member)
     if raw then
@@ -156,7 +164,7 @@ for _, member in ipairs(due) do
       at = math.max(tonumber(redis.call('HGET', pace, pixel)) or 0, now + interval)
     end
     redis.call('ZADD', retry, at, member)
-    spread[pixel] = at + step
+    spread[pixel] = at + pace_of[pixel]
   end
 end
 for pixel, _ in pairs(room) do redis.call('PEXPIRE', prefix .. pixel, stale) end
