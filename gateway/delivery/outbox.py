@@ -149,20 +149,19 @@ class Outbox:
         name here, so TikTok pairs it with the pixel's copy."""
         if not entries:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        self.look_up_sent(pipe, entries)
-        (values,) = await pipe.execute()
+        values = await self.redis.mget(_marker_names(entries))
         return self.already_sent_in(entries, values)
 
     @staticmethod
-    def look_up_sent(pipe: Pipeline, entries: Sequence[Entry]) -> None:
-        """Queue :meth:`already_sent`'s MGET in ``pipe``, for :meth:`already_sent_in`."""
-        names = [keys.sent_key(e.pixel, e.event, e.event_id) for e in entries]
-        names += [keys.send_as_key(e.pixel, e.event, e.event_id) for e in entries]
-        pipe.mget(names)
+    def look_up_sent(pipe: AsyncPipeline, entries: Sequence[Entry]) -> None:
+        """Queue :meth:`already_sent`'s MGET in ``pipe``, for :meth:`already_sent_in` (not on
+        Cluster, whose pipelines refuse MGET)."""
+        pipe.mget(_marker_names(entries))
 
     @staticmethod
-    def already_sent_in(entries: Sequence[Entry], values: Sequence[bytes | None]) -> list[bool]:
+    def already_sent_in(
+        entries: Sequence[Entry], values: Sequence[bytes | str | None]
+    ) -> list[bool]:
         """:meth:`already_sent`'s answer from the MGET's reply (renaming entries as it says)."""
         n = len(entries)
         for entry, send_as in zip(entries, values[n:], strict=True):
@@ -325,6 +324,11 @@ class RetryPace:
         sends in one interval of ``interval_s`` from rest; and its pace, event by event."""
         requests = burst + math.ceil(requests_per_s * interval_s)
         return cls(requests * batch_events, 1000 / (requests_per_s * batch_events))
+
+
+def _marker_names(entries: Sequence[Entry]) -> list[str]:
+    names = [keys.sent_key(e.pixel, e.event, e.event_id) for e in entries]
+    return names + [keys.send_as_key(e.pixel, e.event, e.event_id) for e in entries]
 
 
 def _unparsed_reads(redis: RedisClient) -> Redis | None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.delivery.client import body_prefix, event_problem, with_events
 from gateway.delivery.commit import commit, commit_accepted
@@ -161,6 +162,8 @@ class Sender:
         self, pixel: str, entries: Sequence[Entry]
     ) -> tuple[list[bool], dict[str, object] | None]:
         """Which entries TikTok already has, and the pixel's pause record: one round trip."""
+        if isinstance(self.redis, RedisCluster):  # its pipelines refuse MGET
+            return await self.outbox.already_sent(entries), await self.pauses.get(pixel)
         pipe = self.redis.pipeline(transaction=False)
         self.outbox.look_up_sent(pipe, entries)
         self.pauses.look_up(pipe, pixel)
@@ -338,7 +341,7 @@ class Sender:
                 ],
             )
         except Exception as exc:
-            log.warning("stats_failed", error=type(exc).__name__)
+            log.warning("after_success_failed", pixel=pixel, error=type(exc).__name__)
         try:
             if probing and await self.pauses.resume(pixel):
                 log.warning("integration_resumed", pixel=pixel)
