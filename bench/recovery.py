@@ -245,8 +245,9 @@ async def bench(args: argparse.Namespace) -> int:
         f"{duplicates}; dead letters: {final.dead}. The outage here is {outage_s:.0f} s, so "
         f"retry delays reached tens of seconds, not the 300 s cap of a real hour; the first "
         f"success brings scheduled retries forward (`Outbox.expedite`, up to 10,000 at a time) "
-        f"and due retries go back to the stream in batches of 1,000 every 0.5 s "
-        f"(`Outbox.move_due`, `keys.RETRY_POLL_INTERVAL_S`)."
+        f"and due retries go back to the stream every 0.5 s at the pace of the pixel's rate "
+        f"limiter (`Outbox.move_due`, `RetryPace`: at most what it lets through in 0.5 s from "
+        f"rest in the stream at once; with the defaults, 45,000 events)."
     )
     return report.finish()
 

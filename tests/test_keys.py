@@ -26,6 +26,9 @@ def test_queue_operation_keys_share_one_slot() -> None:
         keys.receipts_key(70000),
         keys.receipt_log_key(70000),
         keys.request_key("18c2f1a3b4c5d6"),
+        keys.RETRY_DATA_HASH,
+        keys.RETRY_PACE_HASH,
+        keys.retry_moved_key(PIXEL),
     ]
     assert len({slot(k) for k in together}) == 1
 

@@ -127,8 +127,8 @@ async def test_a_retry_and_a_dead_letter_keep_their_own_payload_and_answer(redis
     (d,) = await receipts_for(redis, "t2")
     assert (d["state"], d["reason"], d["dead_ms"]) == ("dead", "rejected by TikTok: bad", now_ms)
     # a delivery later replaces the attempt's answer with the request's
-    again = await outbox.move_due(now_ms + 10_000)
-    assert again == 1
+    moved, _ = await outbox.move_due(now_ms + 10_000)
+    assert moved == 1
     (back,) = await outbox.read("test", 10, 100)
     await outbox.settle([outbox.delivered([back], ANSWER, now_ms + 10_000)])
     (r,) = await receipts_for(redis, "t1")

@@ -3,7 +3,7 @@ it was in, as its receipt records it (:class:`Outcome`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,8 @@ ENTRY_FIELDS = (
     "first_try_ms",
     "receipt_ms",
 )
+
+_INGEST_ORDER = [b"pixel", b"event", b"event_id", b"source", b"received_ms", b"data"]
 
 
 @dataclass(slots=True)
@@ -73,21 +75,45 @@ class Entry:
     @classmethod
     def from_stream(cls, stream_id: bytes, fields: Mapping[bytes, bytes]) -> Entry | None:
         """An entry from XREADGROUP / XAUTOCLAIM; None for a malformed one."""
-        try:
+        try:  # positional, and no int() of absent counters: a read of 1,000 runs this 1,000 times
+            attempts = fields.get(b"attempts")
+            first_try_ms = fields.get(b"first_try_ms")
+            receipt_ms = fields.get(b"receipt_ms")
             return cls(
-                stream_id=stream_id.decode(),
-                pixel=fields[b"pixel"].decode(),
-                event=fields[b"event"].decode(),
-                event_id=fields[b"event_id"].decode(),
-                source=fields.get(b"source", b"server").decode(),
-                received_ms=int(fields[b"received_ms"]),
-                data=fields[b"data"],
-                attempts=int(fields.get(b"attempts", b"0")),
-                first_try_ms=int(fields.get(b"first_try_ms", b"0")),
-                receipt_ms=int(fields.get(b"receipt_ms", b"0")),
+                stream_id.decode(),
+                fields[b"pixel"].decode(),
+                fields[b"event"].decode(),
+                fields[b"event_id"].decode(),
+                fields[b"source"].decode() if b"source" in fields else "server",
+                int(fields[b"received_ms"]),
+                fields[b"data"],
+                0 if attempts is None else int(attempts),
+                0 if first_try_ms is None else int(first_try_ms),
+                0 if receipt_ms is None else int(receipt_ms),
             )
         except (KeyError, ValueError):
             return None
+
+    @classmethod
+    def from_flat(cls, stream_id: bytes, flat: Sequence[bytes]) -> Entry | None:
+        """An entry from a stream entry's field/value list as Redis sends it; None for a
+        malformed one. The fields in the order ingest writes them are read by position (no
+        dict built: a read of 5,000 runs this 5,000 times), any other order by name."""
+        if flat[::2] == _INGEST_ORDER:
+            try:
+                return cls(
+                    stream_id.decode(),
+                    flat[1].decode(),
+                    flat[3].decode(),
+                    flat[5].decode(),
+                    flat[7].decode(),
+                    int(flat[9]),
+                    flat[11],
+                )
+            except ValueError:
+                return None
+        it = iter(flat)
+        return cls.from_stream(stream_id, dict(zip(it, it, strict=False)))
 
 
 @dataclass(frozen=True, slots=True)

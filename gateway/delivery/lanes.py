@@ -96,10 +96,12 @@ class Lanes:
         return self.held - sum(lane.held for lane in self._lanes.values() if lane.slow)
 
     def read_count(self) -> int:
-        """Bigger reads while a slow lane parks most of what is read."""
+        """As many as the lanes have room for (in fewer, bigger reads: one round trip and one
+        dispatch for several requests' worth), and big reads while a slow lane parks most of
+        what is read."""
         if any(lane.slow for lane in self._lanes.values()):
             return PARKED_READ_COUNT
-        return keys.DELIVERY_READ_COUNT
+        return max(keys.DELIVERY_READ_COUNT, min(self.read_ahead - self.busy(), PARKED_READ_COUNT))
 
     def unpark_all(self) -> None:
         """After an outage, forget parked ids: any still ours come back from our own pending

@@ -21,20 +21,24 @@ Redis 6.2 (the embedded server) and 7.0 are both supported: XAUTOCLAIM's third r
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.delivery.entry import Entry, Outcome
 from gateway.delivery.outbox_scripts import ALREADY_SENT, DEAD, DELIVERED, EXPEDITE, MOVE_DUE, RETRY
+from gateway.delivery.sent import already_sent_in, look_up_sent
 from gateway.store import keys
 from gateway.store.connections import LuaCall, RedisClient, eval_many
-from gateway.store.receipt_records import clean, decode
+from gateway.store.receipt_records import clean
 
 COMPRESS_LEVEL = 1  # measured on 1,000-event requests: 48 B an event at 2 µs; level 6, 44 at 3.5
 
@@ -47,6 +51,7 @@ class Outbox:
     def __init__(self, redis: RedisClient, *, receipt_ttl_s: int = keys.RECEIPT_TTL_S) -> None:
         self.redis = redis
         self.receipt_ttl_s = receipt_ttl_s
+        self._raw = _unparsed_reads(redis)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (from the stream's start, so nothing queued is skipped)."""
@@ -60,15 +65,22 @@ class Outbox:
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         """New entries for this consumer (blocks up to ``block_ms`` when there are none)."""
-        reply = await self.redis.xreadgroup(
-            keys.DELIVERY_GROUP, consumer, {keys.EVENTS_STREAM: ">"}, count=count, block=block_ms
-        )
-        entries: list[Entry] = []
-        for _, items in cast(
-            "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", reply or []
-        ):
-            entries.extend(await self._usable(items))
-        return entries
+        if self._raw is None:  # Cluster: redis-py's parsed reply
+            reply = await self.redis.xreadgroup(
+                keys.DELIVERY_GROUP, consumer, {keys.EVENTS_STREAM: ">"}, count=count,
+                block=block_ms,
+            )  # fmt: skip
+            entries: list[Entry] = []
+            for _, items in cast("list[tuple[bytes, list[Any]]]", reply or []):
+                entries.extend(await self._usable(items))
+            return entries
+        execute = cast("Callable[..., Awaitable[Any]]", self._raw.execute_command)
+        raw = await execute(
+            "XREADGROUP", "GROUP", keys.DELIVERY_GROUP, consumer, "COUNT", count,
+            "BLOCK", block_ms, "STREAMS", keys.EVENTS_STREAM, ">",
+        )  # fmt: skip
+        pages = raw.values() if isinstance(raw, dict) else [page for _, page in raw or []]
+        return await self._usable([item for page in pages for item in page])
 
     async def reclaim_page(
         self, consumer: str, min_idle_ms: int, start: str, count: int
@@ -111,7 +123,12 @@ class Outbox:
     async def _usable(self, items: Sequence[Any]) -> list[Entry]:
         entries, broken = [], []
         for stream_id, fields in items:
-            entry = Entry.from_stream(stream_id, fields) if fields else None
+            if not fields:
+                entry = None
+            elif isinstance(fields, list):
+                entry = Entry.from_flat(stream_id, fields)
+            else:
+                entry = Entry.from_stream(stream_id, fields)
             if entry is None:
                 broken.append(stream_id)
             else:
@@ -136,28 +153,9 @@ class Outbox:
         the pixel's copy."""
         if not entries:
             return []
-        by_bucket: dict[str, list[int]] = {}
-        for i, e in enumerate(entries):
-            by_bucket.setdefault(e.receipts_key, []).append(i)
-        pairs = sorted({e.pair for e in entries})
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(keys.RECEIPT_PAIRS_HASH, pairs)
-        for bucket, idx in by_bucket.items():
-            pipe.hmget(bucket, [entries[i].event_id for i in idx])
-        replies = await pipe.execute()
-        numbers = {p: n.decode() for p, n in zip(pairs, replies[0], strict=True) if n}
-        records: list[bytes | None] = [None] * len(entries)
-        for idx, values in zip(by_bucket.values(), replies[1:], strict=True):
-            for i, value in zip(idx, values, strict=True):
-                records[i] = value
-        sent = []
-        for entry, value in zip(entries, records, strict=True):
-            number = numbers.get(entry.pair)
-            record = next((r for r in decode(value) if r.pair == number), None)
-            if record is not None and record.extras.get("send_as"):
-                entry.data = renamed(entry.data, record.extras["send_as"])
-            sent.append(record is not None and record.state == "d")
-        return sent
+        lookup = look_up_sent(pipe, entries)
+        return already_sent_in(entries, lookup, await pipe.execute())
 
     def _receipt(self, entry: Entry, now_ms: int) -> list[str | int]:
         """The receipt arguments of RETRY and DEAD (see ``_ATTEMPT`` in outbox_scripts)."""
@@ -274,35 +272,67 @@ class Outbox:
             ],
         )
 
-    async def move_due(self, now_ms: int | None = None, limit: int = 1000) -> int:
-        """Bring retries whose time has come back into the stream; how many moved."""
+    async def move_due(
+        self, now_ms: int | None = None, limit: int = keys.RETRY_SCAN_COUNT,
+        pace: RetryPace | None = None,
+    ) -> tuple[int, int]:  # fmt: skip
+        """Bring retries whose time has come back into the stream, each pixel's as far as
+        ``pace`` allows (none: all of them); how many moved, and how many due ones were looked
+        at (``limit``: maybe more are due)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        (moved,) = await eval_many(
-            self.redis,
-            [
-                (
-                    MOVE_DUE,
-                    [keys.RETRY_ZSET, keys.RETRY_DATA_HASH, keys.EVENTS_STREAM],
-                    [now, limit],
-                )
-            ],
-        )
-        return int(moved)
+        pace = pace or RetryPace(allowance=0, step_ms=0.0)
+        call_keys = [
+            keys.RETRY_ZSET, keys.RETRY_DATA_HASH, keys.EVENTS_STREAM, keys.RETRY_PACE_HASH,
+        ]  # fmt: skip
+        args: list[str | int] = [
+            now, limit, keys.RETRY_MOVED_PREFIX, pace.allowance, repr(pace.step_ms),
+            int(keys.RETRY_POLL_INTERVAL_S * 1000), int(keys.RETRY_MOVED_STALE_S * 1000),
+        ]  # fmt: skip
+        (reply,) = await eval_many(self.redis, [(MOVE_DUE, call_keys, args)])
+        return int(reply[0]), int(reply[1])
 
     async def expedite(self, limit: int = 10_000) -> int:
         """Make every scheduled retry due now (TikTok recovered); how many."""
         now = int(time.time() * 1000)
-        (moved,) = await eval_many(self.redis, [(EXPEDITE, [keys.RETRY_ZSET], [now, limit])])
+        (moved,) = await eval_many(
+            self.redis, [(EXPEDITE, [keys.RETRY_ZSET, keys.RETRY_PACE_HASH], [now, limit])]
+        )
         return int(moved)
 
 
-def renamed(data: bytes, name: str) -> bytes:
-    """The queued event JSON ``data`` with its ``event`` set to ``name`` (unchanged if it is)."""
-    event = orjson.loads(data)
-    if not isinstance(event, dict) or event.get("event") == name:
-        return data
-    event["event"] = name
-    return orjson.dumps(event)
+@dataclass(frozen=True, slots=True)
+class RetryPace:
+    """How fast a pixel's due retries go back into the stream: as fast as its rate limiter lets
+    them be sent, not faster (after an outage, a flood of retries would hold the stream and the
+    pixel's new events behind them)."""
+
+    allowance: int  # moved retries a pixel may have in the stream, not settled yet
+    step_ms: float  # between two of its retries at the limiter's pace
+
+    @classmethod
+    def of(
+        cls, requests_per_s: float, burst: int, batch_events: int, interval_s: float
+    ) -> RetryPace:
+        """What a limiter of ``requests_per_s`` and ``burst``, with ``batch_events`` a request,
+        sends in one interval of ``interval_s`` from rest; and its pace, event by event."""
+        requests = burst + math.ceil(requests_per_s * interval_s)
+        return cls(requests * batch_events, 1000 / (requests_per_s * batch_events))
+
+
+def _unparsed_reads(redis: RedisClient) -> Redis | None:
+    """A client on ``redis``'s connections whose XREADGROUP replies redis-py leaves as Redis sent
+    them: the entries' field lists are read by position (:meth:`Entry.from_flat`), not made into
+    dicts first (measured: a quarter of the worker's CPU went to reading and parsing the stream).
+    None on Cluster, whose client routes by command and parses as usual."""
+    if not isinstance(redis, Redis):
+        return None
+    raw = Redis(connection_pool=redis.connection_pool)
+    raw.set_response_callback("XREADGROUP", _as_sent)
+    return raw
+
+
+def _as_sent(response: Any, **kwargs: Any) -> Any:
+    return response
 
 
 def _answer(outcome: Outcome) -> list[str]:

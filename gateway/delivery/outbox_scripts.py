@@ -145,28 +145,90 @@ return 1
 )
 
 MOVE_DUE = Lua("""
--- KEYS: retry zset, retry data hash, stream
--- ARGV: now ms, at most this many
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  local raw = redis.call('HGET', KEYS[2], member)
-  if raw then
-    local entry = cjson.decode(raw)
-    local fields = {}
-    for k, v in pairs(entry) do fields[#fields + 1] = k; fields[#fields + 1] = tostring(v) end
-    redis.call('XADD', KEYS[3], '*', unpack(fields))
-    redis.call('HDEL', KEYS[2], member)
+-- KEYS: retry zset, retry data hash, stream, pace hash
+-- ARGV: now ms, at most this many due retries looked at, the moved-set key prefix (+ pixel),
+--       allowance: moved retries a pixel may have in the stream (0: no limit),
+--       ms between two of a pixel's retries at the limiter's pace, poll interval ms,
+--       moved retries older than this (ms) no longer count
+-- Returns {moved, looked at}.
+-- A pixel's retries go back into the stream only as far as its allowance has room: the moved
+-- ones still in the stream (settled ones leave it) are counted from the pixel's moved set, oldest
+-- first, up to the first one still there (an over-count, never an under-count, when settles come
+-- out of order). The rest of its due retries are spread over the time ahead at the pace it sends
+-- at (the pace hash keeps where the pixel's spread ends), so they are not looked at again before
+-- their turn and the retries behind them, other pixels' too, are.
+local retry, data, stream, pace = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, prefix, allowance = tonumber(ARGV[1]), ARGV[3], tonumber(ARGV[4])
+local step, interval, stale = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local room, spread, pace_of = {}, {}, {}
+local moved = 0
+-- room for the pixel's retries in the stream, and the pace its retries are sent at: the
+-- limiter's, or slower when the oldest moved retry still in the stream has waited longer than
+-- that pace explains (TikTok throttles the pixel): the allowance took that long, not one interval
+local function look_at(pixel)
+  local set = prefix .. pixel
+  local waited = 0
+  while true do
+    local oldest = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+    if #oldest == 0 then break end
+    if tonumber(oldest[2]) > now - stale
+      and #redis.call('XRANGE', stream, oldest[1], oldest[1]) > 0 then
+      waited = now - tonumber(oldest[2])
+      break
+    end
+    redis.call('ZREM', set, oldest[1])
   end
-  redis.call('ZREM', KEYS[1], member)
+  room[pixel] = allowance - redis.call('ZCARD', set)
+  pace_of[pixel] = math.max(step, waited / allowance)
 end
-return #due
+for _, member in ipairs(due) do
+  local pixel = string.match(member, '^([^\\31]*)\\31') or ''
+  if allowance > 0 and room[pixel] == nil then look_at(pixel) end
+  if allowance <= 0 or room[pixel] > 0 then
+    local raw = redis.call('HGET', data, member)
+    if raw then
+      local entry = cjson.decode(raw)
+      local fields = {}
+      for k, v in pairs(entry) do fields[#fields + 1] = k; fields[#fields + 1] = tostring(v) end
+      local id = redis.call('XADD', stream, '*', unpack(fields))
+      redis.call('HDEL', data, member)
+      if allowance > 0 then
+        redis.call('ZADD', prefix .. pixel, now, id)
+        room[pixel] = room[pixel] - 1
+      end
+      moved = moved + 1
+    end
+    redis.call('ZREM', retry, member)
+  else
+    local at = spread[pixel]
+    if at == nil then
+      at = math.max(tonumber(redis.call('HGET', pace, pixel)) or 0, now + interval)
+    end
+    redis.call('ZADD', retry, at, member)
+    spread[pixel] = at + pace_of[pixel]
+  end
+end
+for pixel, _ in pairs(room) do redis.call('PEXPIRE', prefix .. pixel, stale) end
+local last = 0
+for pixel, at in pairs(spread) do
+  redis.call('HSET', pace, pixel, string.format('%d', at))
+  last = math.max(last, at)
+end
+-- the hash expires when its last spread ends: a spread in the past means nothing
+if last > 0 and redis.call('PTTL', pace) < last - now + interval then
+  redis.call('PEXPIRE', pace, string.format('%d', last - now + interval))
+end
+return {moved, #due}
 """)
 
 EXPEDITE = Lua("""
--- KEYS: retry zset; ARGV: now ms, at most this many
--- bring every scheduled retry forward to now: TikTok answers again, nobody should wait minutes
+-- KEYS: retry zset, pace hash; ARGV: now ms, at most this many
+-- bring every scheduled retry forward to now: TikTok answers again, nobody should wait minutes;
+-- MOVE_DUE spreads them at the limiter's pace again, from now (the old spreads are forgotten)
 local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0,
   tonumber(ARGV[2]))
 for _, member in ipairs(later) do redis.call('ZADD', KEYS[1], ARGV[1], member) end
+redis.call('DEL', KEYS[2])
 return #later
 """)

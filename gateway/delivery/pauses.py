@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 from redis.typing import EncodableT, FieldT
 
+from gateway.delivery.sent import Pipeline
 from gateway.delivery.verdicts import Answer
 from gateway.store import keys
 from gateway.store.connections import RedisClient
@@ -19,7 +20,17 @@ class Pauses:
 
     async def get(self, pixel: str) -> dict[str, object] | None:
         """The pause record of ``pixel``, or None."""
-        raw = await self.redis.hget(keys.PAUSED_HASH, pixel)
+        return self.record(await self.redis.hget(keys.PAUSED_HASH, pixel))
+
+    @staticmethod
+    def look_up(pipe: Pipeline, pixel: str) -> None:
+        """Queue :meth:`get`'s read in ``pipe`` (a round trip made anyway); its reply is for
+        :meth:`record`."""
+        pipe.hget(keys.PAUSED_HASH, pixel)
+
+    @staticmethod
+    def record(raw: bytes | str | None) -> dict[str, object] | None:
+        """The pause record from its stored form, or None."""
         return None if raw is None else dict(orjson.loads(raw))
 
     async def pause(self, pixel: str, answer: Answer, now_ms: int) -> None:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.store import keys
-from gateway.store.connections import Lua, RedisClient, eval_many
+from gateway.store.connections import Lua, LuaCall, RedisClient, eval_many
 
 THROTTLE_MULTIPLIER = 2.0  # per throttling answer from TikTok
 THROTTLE_MAX_FACTOR = 64.0
@@ -169,7 +169,11 @@ class RateLimiter:
 
     async def succeeded(self, pixel: str) -> None:
         """TikTok accepted a request for this pixel: bring the factor closer to 1."""
-        await eval_many(self._redis, [(_SUCCEEDED, [keys.throttle_key(pixel)], [THROTTLE_DECAY])])
+        await eval_many(self._redis, [self.succeeded_call(pixel)])
+
+    def succeeded_call(self, pixel: str) -> LuaCall:
+        """:meth:`succeeded` as a script call, for a round trip made anyway."""
+        return (_SUCCEEDED, [keys.throttle_key(pixel)], [THROTTLE_DECAY])
 
     async def factor(self, pixel: str) -> float:
         """The current slow-down factor of the pixel (1.0 when TikTok is not throttling it)."""

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.delivery.client import body_prefix, event_problem, with_events
 from gateway.delivery.commit import commit, commit_accepted
@@ -46,9 +47,10 @@ from gateway.delivery.lanes import LANE_BLOCKED_S, LANE_SLOW_HOLD_S, Lane
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.pauses import Pauses
 from gateway.delivery.ratelimit import RateLimiter
+from gateway.delivery.sent import already_sent_in, look_up_sent
 from gateway.delivery.verdicts import Answer, Verdict
 from gateway.logs import get_logger
-from gateway.operate.health import count_delivered
+from gateway.operate.health import delivered_calls
 from gateway.operate.metrics import (
     DELIVERY_OUTCOMES,
     DELIVERY_SECONDS,
@@ -57,9 +59,9 @@ from gateway.operate.metrics import (
     REQUEST_EVENTS,
     event_label,
 )
-from gateway.operate.stats import count_flow, present_keys
+from gateway.operate.stats import MATCH_KEYS, count_flow, flow_calls
 from gateway.settings import Settings
-from gateway.store.connections import LuaCall, RedisClient, is_outage
+from gateway.store.connections import LuaCall, RedisClient, eval_many, is_outage
 
 log = get_logger("gateway.delivery")
 EXPEDITE_BATCH = 10_000
@@ -75,7 +77,7 @@ def coverage_shape(event: Mapping[str, Any]) -> Mapping[str, Any]:
     (measured: 1,000 parsed events kept per batch cost 1.7 µs an event in garbage collection).
     """
     user = event.get("user")
-    carried = tuple(present_keys(event)) if isinstance(user, dict) else ()
+    carried = tuple([k for k in MATCH_KEYS if user.get(k)]) if isinstance(user, dict) else ()
     key = (event_label(str(event.get("event", ""))), carried)  # bounded: standard or custom
     shape = _shapes.get(key)
     if shape is None:
@@ -126,7 +128,7 @@ class Sender:
         calls: list[LuaCall] = []
         route = self.routes(pixel)
         live: list[Entry] = []
-        sent = await self.outbox.already_sent(entries)
+        sent, paused = await self._look_up(pixel, entries)
         unknown = Outcome(message=f"no enabled integration for pixel {pixel}")
         for entry, done in zip(entries, sent, strict=True):
             reason = None if done or route is None else self._unsendable(entry, now)
@@ -148,7 +150,6 @@ class Sender:
         await commit(self.outbox, calls)
         if not live or route is None:
             return
-        paused = await self.pauses.get(pixel)
         if paused is not None:
             if not await self.pauses.claim_probe(pixel, self.settings.paused_probe_s):
                 await self._postpone(
@@ -158,6 +159,18 @@ class Sender:
             live, rest = live[:1], live[1:]  # one event probes the token
             await self._postpone(rest, now_ms + int(self.settings.paused_probe_s * 1000), settled)
         await self._request(pixel, route, live, settled, probing=paused is not None, lane=lane)
+
+    async def _look_up(
+        self, pixel: str, entries: Sequence[Entry]
+    ) -> tuple[list[bool], dict[str, object] | None]:
+        """Which entries TikTok already has, and the pixel's pause record: one round trip."""
+        if isinstance(self.redis, RedisCluster):  # reads of two slots: two round trips
+            return await self.outbox.already_sent(entries), await self.pauses.get(pixel)
+        pipe = self.redis.pipeline(transaction=False)
+        self.pauses.look_up(pipe, pixel)
+        lookup = look_up_sent(pipe, entries)
+        pause, *replies = await pipe.execute()
+        return already_sent_in(entries, lookup, replies), self.pauses.record(pause)
 
     async def give_back(self, entries: Sequence[Entry]) -> None:
         """Shutdown: return unsettled entries for immediate pickup (no attempt counted)."""
@@ -259,8 +272,7 @@ class Sender:
             call = self.outbox.delivered(entries, outcome, now_ms)
             await commit_accepted(self.outbox, call, [e.stream_id for e in entries])
             DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
-            await self._after_success(pixel, probing=probing)
-            await self._chart(verdict, entries, [])
+            await self._after_success(pixel, entries, probing=probing)
             return
         if verdict is Verdict.INVALID and len(entries) > 1:
             valid = await self._isolate(pixel, entries, outcome, now_ms, settled)
@@ -301,7 +313,7 @@ class Sender:
         await commit(self.outbox, calls)
         settled.update(e.stream_id for e in entries)
         DELIVERY_OUTCOMES.labels(verdict.value).inc(len(entries))
-        await self._chart(verdict, entries, calls)
+        await self._chart(calls)
 
     async def _acquire(self, pixel: str, lane: Lane | None) -> float:
         """Wait for the pixel's limiter; a long wait makes the lane slow, so its backlog is parked
@@ -315,10 +327,24 @@ class Sender:
                 lane.slow_until = time.monotonic() + wait_s + LANE_SLOW_HOLD_S
             await asyncio.sleep(wait_s)  # Redis's clock decides; ours only paces the next try
 
-    async def _after_success(self, pixel: str, *, probing: bool) -> None:
-        """Bookkeeping once TikTok accepted a request; best effort (the events are settled)."""
+    async def _after_success(self, pixel: str, entries: list[Entry], *, probing: bool) -> None:
+        """Bookkeeping once TikTok accepted a request, best effort (the events are settled): the
+        limiter's factor, the flow, coverage and health counters in one round trip."""
+        delivered = [
+            (e.event, e.source, e.shape or coverage_shape(orjson.loads(e.data))) for e in entries
+        ]
         try:
-            await self.limiter.succeeded(pixel)
+            await eval_many(
+                self.redis,
+                [
+                    self.limiter.succeeded_call(pixel),
+                    *flow_calls({"delivered": len(entries)}),
+                    *delivered_calls(delivered),
+                ],
+            )
+        except Exception as exc:
+            log.warning("after_success_failed", pixel=pixel, error=type(exc).__name__)
+        try:
             if probing and await self.pauses.resume(pixel):
                 log.warning("integration_resumed", pixel=pixel)
             if pixel in self._failing:
@@ -350,27 +376,14 @@ class Sender:
             await commit(self.outbox, calls)
             settled.update(dead)
             DELIVERY_OUTCOMES.labels("dead").inc(len(calls))
-            await self._chart(Verdict.INVALID, [], calls)
+            await self._chart(calls)
         return valid
 
-    async def _chart(self, verdict: Verdict, entries: list[Entry], calls: list[LuaCall]) -> None:
-        """Feed the operator's time series; best effort, after the events are settled."""
+    async def _chart(self, calls: list[LuaCall]) -> None:
+        """Feed the operator's time series with what failed; best effort, after the settle."""
         dead = sum(1 for call in calls if call[0] is self.outbox.dead_script)
-        counts = (
-            {"delivered": len(entries)}
-            if verdict is Verdict.DELIVERED
-            else {"retried": len(calls) - dead, "dead": dead}
-        )
         try:
-            await count_flow(self.redis, counts)
-            if verdict is Verdict.DELIVERED:
-                await count_delivered(
-                    self.redis,
-                    [
-                        (e.event, e.source, e.shape or coverage_shape(orjson.loads(e.data)))
-                        for e in entries
-                    ],
-                )
+            await count_flow(self.redis, {"retried": len(calls) - dead, "dead": dead})
         except Exception as exc:
             log.warning("stats_failed", error=type(exc).__name__)
 

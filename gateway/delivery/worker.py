@@ -23,7 +23,7 @@ from gateway.delivery.commit import REDIS_BACKOFF_CAP_S, REDIS_BACKOFF_FIRST_S, 
 from gateway.delivery.destinations import Route
 from gateway.delivery.entry import Entry
 from gateway.delivery.lanes import Lane, Lanes
-from gateway.delivery.outbox import Outbox
+from gateway.delivery.outbox import Outbox, RetryPace
 from gateway.delivery.ratelimit import RateLimiter
 from gateway.delivery.send import Sender
 from gateway.logs import get_logger
@@ -74,6 +74,10 @@ class Worker:
         self.limiter = limiter
         self.consumer = consumer or consumer_name()
         self.outbox = Outbox(redis, receipt_ttl_s=settings.receipt_ttl_s)
+        limit = limiter.limit
+        self.retry_pace = RetryPace.of(
+            limit.requests_per_s, limit.burst, settings.batch_max_events, keys.RETRY_POLL_INTERVAL_S
+        )
         self.sender = Sender(redis, settings, routes, limiter, self.outbox)
         self.lanes = Lanes(settings, self.outbox, self.consumer, self._deliver, self._redis_lost)
         self._recover = False  # a Redis error left read entries unsettled: re-read them
@@ -219,12 +223,13 @@ class Worker:
         return min(keys.RECLAIM_INTERVAL_S, self.settings.reclaim_idle_s / 2)
 
     async def _move_due(self) -> None:
-        # a full batch means more are due (after an outage): keep moving, a bounded number
+        """Move due retries back into the stream at the pace of each pixel's rate limiter (see
+        :class:`RetryPace`); a full scan means more are due (after an outage): look on, a bounded
+        number of times (the surplus of a pixel is spread over the time ahead, not looked at again
+        before its turn, so each scan looks at new ones)."""
         for _ in range(MOVE_DUE_ROUNDS):
-            if (
-                await self.outbox.move_due(limit=keys.DELIVERY_READ_COUNT)
-                < keys.DELIVERY_READ_COUNT
-            ):
+            _, looked_at = await self.outbox.move_due(pace=self.retry_pace)
+            if looked_at < keys.RETRY_SCAN_COUNT:
                 return
 
     async def _heartbeat(self) -> None:

@@ -25,9 +25,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from gateway.operate.stats import HEALTH_PREFIX, coverage_fields, drop_alerts, hour
+from gateway.operate.stats import (
+    HEALTH_PREFIX,
+    coverage_fields,
+    drop_alerts,
+    hour,
+    increment_call,
+)
 from gateway.store import keys
-from gateway.store.connections import RedisClient
+from gateway.store.connections import LuaCall, RedisClient, eval_many
 from gateway.tiktok.names import ACCEPTED_EVENTS
 
 SHARES = ("ttclid", "strong", "ipua")
@@ -74,24 +80,54 @@ def delivery_fields(delivered: Iterable[tuple[str, str, Mapping[str, Any]]]) -> 
     return fields
 
 
+def _alike(
+    delivered: Iterable[tuple[str, str, Mapping[str, Any]]],
+) -> list[tuple[tuple[str, str, Mapping[str, Any]], int]]:
+    """The events counted once per kind: the worker's events share one shape object per kind
+    (``send.coverage_shape``), so a request's 1,000 events are a handful of kinds, not 1,000
+    counts (measured: 5.7 of the worker's ~26 µs an event went to counting them one by one)."""
+    kinds: dict[tuple[str, str, int], tuple[str, str, Mapping[str, Any]]] = {}
+    counts: dict[tuple[str, str, int], int] = {}
+    for item in delivered:
+        kind = (item[0], item[1], id(item[2]))
+        if kind in counts:
+            counts[kind] += 1
+        else:
+            kinds[kind] = item
+            counts[kind] = 1
+    return [(kinds[kind], n) for kind, n in counts.items()]
+
+
 async def count_delivered(
     redis: RedisClient,
     delivered: Sequence[tuple[str, str, Mapping[str, Any]]],
     now: float | None = None,
 ) -> None:
     """Add delivered events to this hour's coverage and health counters, in one round trip."""
+    calls = delivered_calls(delivered, now)
+    if calls:
+        await eval_many(redis, calls)
+
+
+def delivered_calls(
+    delivered: Sequence[tuple[str, str, Mapping[str, Any]]], now: float | None = None
+) -> list[LuaCall]:
+    """The script calls :func:`count_delivered` runs, for a round trip made anyway (the worker's
+    bookkeeping after a request TikTok accepted)."""
     if not delivered:
-        return
+        return []
     this_hour = hour(now)
-    pipe = redis.pipeline(transaction=False)
-    for key, fields in (
-        (keys.coverage_key(this_hour), coverage_fields(event for _, _, event in delivered)),
-        (keys.health_key(this_hour), delivery_fields(delivered)),
-    ):
-        for field, value in fields.items():
-            pipe.hincrby(key, field, value)
-        pipe.expire(key, keys.COVERAGE_TTL_S)
-    await pipe.execute()
+    coverage: Counter[str] = Counter()
+    health: Counter[str] = Counter()
+    for (name, source, event), n in _alike(delivered):
+        for field, value in coverage_fields([event]).items():
+            coverage[field] += value * n
+        for field, value in delivery_fields([(name, source, event)]).items():
+            health[field] += value * n
+    return [
+        increment_call(keys.coverage_key(this_hour), coverage, keys.COVERAGE_TTL_S),
+        increment_call(keys.health_key(this_hour), health, keys.COVERAGE_TTL_S),
+    ]
 
 
 def mirror_counts(name: str, source: str, result: Any, received_ms: int) -> dict[str, int]:

@@ -73,6 +73,14 @@ def flow_calls(counts: Mapping[str, int], now: float | None = None) -> list[LuaC
     return [(_INCREMENT, [key], [keys.MINUTE_STATS_TTL_S, *pairs])]
 
 
+def increment_call(key: str, counts: Mapping[str, int], ttl_s: int) -> LuaCall:
+    """The script call that adds ``counts`` to the counters hash ``key`` and sets its expiry."""
+    pairs: list[str | int] = []
+    for name, value in counts.items():
+        pairs += [name, value]
+    return (_INCREMENT, [key], [ttl_s, *pairs])
+
+
 WARNING_PREFIX = "warn:"  # a count for :func:`stats_calls` that goes to the warnings hash
 HEALTH_PREFIX = "health:"  # ``health:<hour>:<field>``: to that hour's attribution-health hash
 

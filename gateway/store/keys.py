@@ -109,6 +109,16 @@ def request_key(request: str) -> str:
 
 RETRY_DATA_HASH = f"{PREFIX}:{QUEUE_TAG}:retry-data"  # field: dedup id, value: the entry as JSON
 PROBE_LOCK_PREFIX = f"{PREFIX}:{QUEUE_TAG}:probe:"  # + pixel: one probe of a paused pixel at once
+# Retries moved back at the limiter's pace (``outbox_scripts.MOVE_DUE``): a sorted set per pixel
+# of the stream ids moved back and maybe not settled yet (score: when moved, ms), and a hash,
+# field pixel, of the time (ms) up to which the pixel's surplus due retries are spread.
+RETRY_MOVED_PREFIX = f"{PREFIX}:{QUEUE_TAG}:retry-moved:"  # + pixel
+RETRY_PACE_HASH = f"{PREFIX}:{QUEUE_TAG}:retry-pace"
+
+
+def retry_moved_key(pixel_code: str) -> str:
+    """The stream ids of ``pixel_code``'s retries moved back into the stream (see above)."""
+    return RETRY_MOVED_PREFIX + pixel_code
 
 
 # --- identity: hash tag {id} ----------------------------------------------------------------
@@ -202,6 +212,8 @@ RETRY_CAP_S = 300.0
 RECLAIM_IDLE_S = 60.0  # above the longest possible send (HTTP_TOTAL_TIMEOUT_S x 2 + margin)
 RECLAIM_INTERVAL_S = 15.0
 RETRY_POLL_INTERVAL_S = 0.5
+RETRY_SCAN_COUNT = 1000  # due retries one MOVE_DUE call looks at (moved, or spread over time)
+RETRY_MOVED_STALE_S = 600.0  # a moved retry not settled for this long no longer counts
 PAUSED_PROBE_INTERVAL_S = 60.0
 SHUTDOWN_GRACE_S = 10.0
 
