@@ -14,7 +14,7 @@ emulator's first request to its last acceptance, over the events it accepted.
 * rate limiter: one more worker round with ``TTGW_RATE_LIMIT_RPS`` low and small batches, so the
   limiter is the bottleneck; the request rate the emulator saw against the limit.
 
-Targets (issue #8): gateway ≥ 0.8 of the ceiling and ≥ 100 times naive; the limit reached
+Targets (issue #18): gateway ≥ 0.5 of the ceiling (the bar), aiming at 0.8 (#8's target) and ≥ 100 times naive; the limit reached
 exactly (within 3 %, never more than limit + burst in any second) when it is the bottleneck.
 ``.venv/bin/python bench/delivery.py [--events 100000] [--naive-events 300]``
 """
@@ -276,7 +276,15 @@ async def bench(args: argparse.Namespace) -> int:
         f"{gateway.rate:,.0f}",
         f"{ceiling_rate:,.0f}",
         f"{to_ceiling:.3f}",
-        "≥ 0.8",
+        "≥ 0.5 (#18's bar)",
+        report.check("delivery ≥ 0.5 of ceiling", complete and to_ceiling >= 0.5),
+    )
+    summary.add(
+        "the same, against #18's goal",
+        f"{gateway.rate:,.0f}",
+        f"{ceiling_rate:,.0f}",
+        f"{to_ceiling:.3f}",
+        "≥ 0.8 (#18's goal)",
         report.check("delivery ≥ 0.8 of ceiling", complete and to_ceiling >= 0.8),
     )
     summary.add(
