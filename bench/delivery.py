@@ -14,8 +14,9 @@ emulator's first request to its last acceptance, over the events it accepted.
 * rate limiter: one more worker round with ``TTGW_RATE_LIMIT_RPS`` low and small batches, so the
   limiter is the bottleneck; the request rate the emulator saw against the limit.
 
-Targets (issue #18): gateway ≥ 0.5 of the ceiling (the bar), aiming at 0.8 (#8's target) and ≥ 100 times naive; the limit reached
-exactly (within 3 %, never more than limit + burst in any second) when it is the bottleneck.
+Targets (issue #18): gateway ≥ 0.5 of the ceiling (the bar), aiming at 0.8; ≥ 100 times naive;
+the limit reached exactly (within 3 %, never more than limit + burst in any second) when it is
+the bottleneck.
 ``.venv/bin/python bench/delivery.py [--events 100000] [--naive-events 300]``
 """
 
