@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
+from functools import lru_cache, partial
 
 from gateway.operate.health import mirror_counts
 from gateway.operate.stats import stats_calls
@@ -190,6 +190,16 @@ class Outgoing:
     suppressed: str | None = None  # the reason, when consent keeps it from being sent
 
 
+@lru_cache(maxsize=4)
+def _bucket_keys(newest: int, oldest: int, ttl_s: int) -> tuple[str, tuple[str, ...], str, int]:
+    """The receipts hash of bucket ``newest``, those of the older buckets of the idempotency
+    window down to ``oldest`` (newest first), its log and its expiry: the same strings for
+    every event of hours."""
+    older = tuple(keys.receipts_key(b) for b in range(newest - 1, oldest - 1, -1))
+    return (keys.receipts_key(newest), older, keys.receipt_log_key(newest),
+            keys.bucket_expiry_ms(newest, ttl_s))  # fmt: skip
+
+
 class IngestQueue:
     """The ingest side of the queue."""
 
@@ -218,10 +228,9 @@ class IngestQueue:
         """
         received_ms = int((time.time() if now is None else now) * 1000)
         buckets = keys.idempotency_buckets(received_ms)
-        bucket = keys.receipts_key(buckets[0])
-        older = [keys.receipts_key(b) for b in buckets[1:]]
-        log = keys.receipt_log_key(buckets[0])
-        expire_at = keys.bucket_expiry_ms(buckets[0], max(receipt_ttl_s, keys.IDEMPOTENCY_TTL_S))
+        bucket, older, log, expire_at = _bucket_keys(
+            buckets[0], buckets[-1], max(receipt_ttl_s, keys.IDEMPOTENCY_TTL_S)
+        )
         calls: list[LuaCall] = []
         for item in items:
             event = canonical_event(item.event)
