@@ -33,7 +33,6 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -85,15 +84,6 @@ def coverage_shape(event: Mapping[str, Any]) -> Mapping[str, Any]:
             _shapes.clear()
         shape = _shapes[key] = {"event": key[0], "user": dict.fromkeys(carried, True)}
     return shape
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """One request as sent and TikTok's answer; ``data_at``: where its first event begins."""
-
-    body: bytes
-    data_at: int
-    answer: Answer
 
 
 class Sender:
@@ -246,21 +236,19 @@ class Sender:
             request_id=answer.request_id,
             elapsed_ms=round(answer.elapsed_ms, 1),
         )
-        sent = Sent(body, len(prefix), answer)
-        await self._settle(pixel, route, entries, sent, settled, probing=probing)
+        await self._settle(pixel, route, entries, answer, settled, probing=probing)
 
     async def _settle(
         self,
         pixel: str,
         route: Route,
         entries: list[Entry],
-        sent: Sent,
+        answer: Answer,
         settled: set[str],
         *,
         probing: bool,
     ) -> None:
         now_ms = int(time.time() * 1000)
-        answer = sent.answer
         outcome = Outcome(answer.http_status, answer.code, answer.message, answer.request_id)
         verdict = answer.verdict
         calls: list[LuaCall] = []

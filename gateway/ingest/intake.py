@@ -113,12 +113,12 @@ def _media_type(request: web.Request) -> str:
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body's bytes, within ``limit`` bytes and ``BODY_TIMEOUT_S``."""
     if request.content_length is not None and request.content_length > limit:
-        raise Problem(413, f"body is larger than {limit} bytes", "body")
+        raise _too_large(limit)
     content = request.content
     if content.is_eof():  # all of it arrived with the headers, as a small body mostly does
         body = content.read_nowait()
         if len(body) > limit:
-            raise Problem(413, f"body is larger than {limit} bytes", "body")
+            raise _too_large(limit)
         return body
     chunks: list[bytes] = []
     size = 0
@@ -127,13 +127,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             async for chunk in content.iter_chunked(16384):
                 size += len(chunk)
                 if size > limit:
-                    raise Problem(413, f"body is larger than {limit} bytes", "body")
+                    raise _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
         raise Problem(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", "body") from None
     except ConnectionResetError:
         raise Problem(400, "the client went away before sending the whole body", "body") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, f"body is larger than {limit} bytes", "body")
 
 
 def parse_events(

@@ -43,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import keys
 from gateway.store.packing import pack_in_c
-from gateway.store.pipe import Lua, LuaCall, ScriptPipe
+from gateway.store.pipe import OUTAGE_REPLIES, Lua, LuaCall, ScriptPipe
 
 __all__ = ["Lua", "LuaCall"]  # re-exported: scripts import them from here
 
@@ -63,14 +63,13 @@ _OUTAGES: tuple[type[Exception], ...] = (
     ReadOnlyError,  # the old master, now a replica after a failover
     BusyLoadingError,
 )
-_OUTAGE_REPLIES = ("MISCONF", "LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN")
 
 
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says Redis is away for now (retry later), not that a command is wrong."""
     if isinstance(exc, _OUTAGES):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(_OUTAGE_REPLIES)
+    return isinstance(exc, ResponseError) and str(exc).startswith(OUTAGE_REPLIES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_AWAY = ("MISCONF", "LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN")
+# what Redis answers while it is away, restarting, loading or failing over (a replica now)
+OUTAGE_REPLIES = ("MISCONF", "LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN")
 _READ_SIZE = 65536
 
 
@@ -117,7 +118,7 @@ class ScriptPipe:
             # the stream may hold half a reply: nobody reads this connection again
             await link.conn.disconnect(nowait=True)
             raise
-        if any(isinstance(r, ResponseError) and str(r).startswith(_AWAY) for r in results):
+        if any(isinstance(r, ResponseError) and str(r).startswith(OUTAGE_REPLIES) for r in results):
             await link.conn.disconnect(nowait=True)  # e.g. a replica now: find the master again
         else:
             self._idle.append(link)
