@@ -73,6 +73,9 @@ def _session(connections: int) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=connections, force_close=False),
         timeout=aiohttp.ClientTimeout(total=30),
         skip_auto_headers=("Accept-Encoding",),
+        # no cookies kept: every request is a new visitor, as with wrk (and no cookie-jar work
+        # in the load generator, which shares the machine with what it measures)
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
