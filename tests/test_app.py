@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import datetime
+import io
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -111,6 +115,54 @@ def test_json_logging_writes_one_object_per_line(
     record = orjson.loads(out[0])
     assert record["event"] == "shown" and record["level"] == "info"
     assert record["n"] == 3 and record["component"] == "test" and "timestamp" in record
+
+
+class _Writes(io.BytesIO):
+    """A binary stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        return super().write(data)
+
+
+async def test_lines_logged_in_one_loop_iteration_are_written_together_in_order() -> None:
+    from gateway.logs import LineWriter
+
+    out = _Writes()
+    writer = LineWriter(out)
+    for n in range(3):
+        writer.info(orjson.dumps({"n": n}))
+    assert out.getvalue() == b""  # held until the iteration ends
+    await asyncio.sleep(0)
+    assert out.writes == 1
+    assert [orjson.loads(line)["n"] for line in out.getvalue().splitlines()] == [0, 1, 2]
+    writer.info(b'{"n":3}')
+    writer.flush()  # as at exit and before a fork
+    assert out.getvalue().endswith(b'{"n":3}\n') and out.writes == 2
+
+
+@pytest.mark.parametrize(
+    "ns", [1_796_238_027_123_456_789, 1_796_238_027_000_000_000, 1_796_238_027_000_001_000]
+)
+def test_the_log_timestamp_is_the_iso_utc_text_structlog_writes(
+    monkeypatch: pytest.MonkeyPatch, ns: int
+) -> None:
+    import gateway.logs
+
+    micros = ns // 1000
+    when = datetime.datetime.fromtimestamp(micros // 1_000_000, tz=datetime.UTC).replace(
+        microsecond=micros % 1_000_000
+    )
+    monkeypatch.setattr(gateway.logs.time, "time_ns", lambda: ns)
+    clock = gateway.logs._Clock()
+    assert clock(None, "info", {})["timestamp"] == when.isoformat().replace("+00:00", "Z")
+    monkeypatch.setattr(gateway.logs.time, "time_ns", lambda: ns + 86_400 * 10**9)
+    later = clock(None, "info", {})["timestamp"]  # the date part is made again a second later
+    assert later[:10] != when.isoformat()[:10]
 
 
 def test_create_app_needs_a_redis_url(make_settings: MakeSettings) -> None:
